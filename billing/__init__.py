@@ -1,0 +1,1 @@
+"""usagebill's billing domain: money, rates and pricing, ingestion, quotas, invoices, exports."""

@@ -1,0 +1,42 @@
+"""Exceptions of the billing domain: one root, split by what the caller does next."""
+
+from __future__ import annotations
+
+
+class BillingError(Exception):
+    """A usagebill error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class TransientError(BillingError):
+    """A transient failure: retry later (database or Redis unreachable, serialization failure)."""
+
+
+class PermanentError(BillingError):
+    """A permanent failure: retrying will not help; park it with its reason."""
+
+
+class ConfigError(PermanentError):
+    """The configuration is invalid."""
+
+
+class DatabaseUnavailable(TransientError):
+    """The database is unreachable."""
+
+
+class RedisUnavailable(TransientError):
+    """Redis is unreachable."""
+
+
+class MigrationError(PermanentError):
+    """A migration cannot be applied."""
+
+
+class MigrationsPending(PermanentError):
+    """The database schema is not migrated: run `usagebill migrate`."""
+
+
+class InputError(PermanentError):
+    """The input is invalid."""

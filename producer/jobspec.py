@@ -1,0 +1,24 @@
+"""The ingest job's contract between publisher and worker: function path, arguments, rq options."""
+
+from __future__ import annotations
+
+import os
+
+#: the rq job function; a job's only argument is a list of events, each one event's JSON text as sent
+INGEST_FUNC = "worker.jobs.ingest_batch"
+#: default queue name (USAGEBILL_QUEUE overrides it)
+DEFAULT_QUEUE = "usagebill"
+#: seconds an ingest job may run: sized to one batch, well under rq's 180 s default, so a killed job's
+#: started-registry entry expires (timeout + 60 s for a non-forking worker) and is retried soon
+JOB_TIMEOUT = 60
+#: rq Retry: attempts and their delays (seconds) for a failed batch
+RETRY_MAX = 8
+RETRY_INTERVALS = (1, 2, 5, 15, 30, 60, 120, 300)
+#: keep results briefly and failures effectively for ever (rq's default failure_ttl is one year)
+RESULT_TTL = 600
+FAILURE_TTL = 10 * 365 * 24 * 3600
+
+
+def queue_name() -> str:
+    """The ingest queue, from USAGEBILL_QUEUE (read at the edge by the publisher and the worker)."""
+    return os.environ.get("USAGEBILL_QUEUE", DEFAULT_QUEUE)

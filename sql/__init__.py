@@ -1,0 +1,1 @@
+"""SQL of usagebill: numbered migrations and named query blocks (plain .sql files)."""

@@ -1,0 +1,1 @@
+"""The `usagebill` sub-commands, one module per area, each adding its commands to the main app."""

@@ -1,0 +1,9 @@
+"""Operations commands: `status`, `reconcile`, `demo`."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to the main app."""

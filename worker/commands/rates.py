@@ -1,0 +1,9 @@
+"""Commands for prices: `rates import|list|missing`, `org ...` pricing, `reprice`."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to the main app."""

@@ -1,0 +1,9 @@
+"""The `usagebill worker` command: run rq workers over the usagebill queues."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this area's commands to the main app."""
