@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ REDIS_BASE = os.environ.get("USAGEBILL_TEST_REDIS", "redis://127.0.0.1:6379")
 #: databases 12-15 belong to acceptance runs; tests take one of these, locked for the run
 TEST_REDIS_DBS = range(1, 12)
 RUN_ID = uuid.uuid4().hex[:8]
+# subprocesses find this environment's `usagebill` even when pytest runs without an activated venv
+os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "provider-corpus"
 
 
