@@ -19,8 +19,8 @@ from billing.settings import Settings
 
 ADMIN_URL = os.environ.get("USAGEBILL_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_BASE = os.environ.get("USAGEBILL_TEST_REDIS", "redis://127.0.0.1:6379")
-#: databases 12-15 belong to acceptance runs; tests take one of these, locked for the run
-TEST_REDIS_DBS = range(1, 12)
+#: databases 12-15 belong to acceptance runs, 9-11 to `usagebill demo`; tests take one of 1-8, locked per run
+TEST_REDIS_DBS = range(1, 9)
 RUN_ID = uuid.uuid4().hex[:8]
 # subprocesses find this environment's `usagebill` even when pytest runs without an activated venv
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
@@ -85,7 +85,7 @@ def redis_db() -> Iterator[int]:
                     client.delete(key)
                 client.close()
             return
-    pytest.fail("every test Redis database (1-11) is held by another run")
+    pytest.fail("every test Redis database (1-8) is held by another run")
 
 
 @pytest.fixture
