@@ -1,0 +1,554 @@
+"""Publish usage events onto the rq ingest queue, direct or buffered, spooling to disk when Redis is away.
+
+`Publisher.publish()` never raises into app code and never waits long on Redis: connect and socket
+timeouts are tens of milliseconds, and after a failure a circuit breaker keeps Redis out of the path
+for a while. An event is *accepted* once it is enqueued in Redis or written (fsync'd) to this
+process's spool file; spooled events are replayed automatically when Redis answers again, and by
+`usagebill spool replay`. Every event carries its `event_id`, so any replay is safe.
+
+Modes: `direct` enqueues each event before `publish()` returns; `buffered` appends to a bounded
+in-memory buffer that a background thread flushes by size and time (plus `flush()`, at interpreter
+exit and on SIGTERM). A full buffer drops the new event and counts it (`dropped`), logging a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from redis import ConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry as RedisRetry
+from rq import Queue, Retry
+from rq.serializers import JSONSerializer
+
+from producer import jobspec
+from producer.event import UsageEvent
+from producer.spool import ReplayReport, Spool, replay_dir
+
+logger = logging.getLogger("usagebill.producer")
+
+Mode = Literal["direct", "buffered"]
+
+
+class PublisherConfig(BaseSettings):
+    """How a publisher reaches Redis and where it spools. Each field reads its environment variable."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", alias="REDIS_URL", description="Redis of the ingest queue.")
+    queue: str = Field(jobspec.DEFAULT_QUEUE, alias="USAGEBILL_QUEUE", description="Name of the rq ingest queue.")
+    mode: Mode = Field(
+        "buffered", alias="USAGEBILL_PUBLISH_MODE", description="direct: enqueue before publish() returns."
+    )
+    batch_size: int = Field(1000, alias="USAGEBILL_BATCH_SIZE", ge=1, le=100_000, description="Events per job.")
+    batch_max_bytes: int = Field(
+        4_000_000, alias="USAGEBILL_BATCH_MAX_BYTES", ge=1024, description="Bytes of event JSON per job at most."
+    )
+    flush_interval: float = Field(
+        1.0, alias="USAGEBILL_FLUSH_INTERVAL", gt=0, description="Seconds between background flushes (buffered)."
+    )
+    buffer_max: int = Field(
+        100_000, alias="USAGEBILL_BUFFER_MAX", ge=1, description="Events held in memory at most; more are dropped."
+    )
+    spool_dir: str = Field(
+        "~/.usagebill/spool", alias="USAGEBILL_SPOOL_DIR", description="Directory of the durable spool files."
+    )
+    connect_timeout: float = Field(
+        0.05, alias="USAGEBILL_REDIS_CONNECT_TIMEOUT", gt=0, description="Seconds to connect to Redis."
+    )
+    socket_timeout: float = Field(
+        0.05, alias="USAGEBILL_REDIS_SOCKET_TIMEOUT", gt=0, description="Seconds to wait on one Redis reply."
+    )
+    breaker_open_seconds: float = Field(
+        2.0, alias="USAGEBILL_BREAKER_SECONDS", gt=0, description="Seconds Redis is left alone after a failure."
+    )
+    exit_flush_timeout: float = Field(
+        5.0, alias="USAGEBILL_EXIT_FLUSH_TIMEOUT", ge=0, description="Seconds a flush at exit or SIGTERM may take."
+    )
+    handle_sigterm: bool = Field(
+        True, alias="USAGEBILL_HANDLE_SIGTERM", description="Flush on SIGTERM, then chain to the previous handler."
+    )
+
+
+class _Breaker:
+    """Closed: try Redis. Open: skip Redis until `open_until`, then let one attempt through (half-open)."""
+
+    def __init__(self, open_seconds: float) -> None:
+        self.open_seconds = open_seconds
+        self.open_until = 0.0
+        self.failures = 0
+
+    def allows(self) -> bool:
+        return time.monotonic() >= self.open_until
+
+    @property
+    def is_open(self) -> bool:
+        return self.failures > 0
+
+    def failed(self) -> None:
+        self.failures += 1
+        self.open_until = time.monotonic() + self.open_seconds
+
+    def succeeded(self) -> bool:
+        """Record a success; True when this closes a breaker that was open (Redis is back)."""
+        was_open = self.failures > 0
+        self.failures = 0
+        self.open_until = 0.0
+        return was_open
+
+
+class Publisher:
+    """Publishes usage events as rq jobs carrying batches (JSON serializer). Thread-safe; fork-safe."""
+
+    def __init__(self, config: PublisherConfig | None = None, **overrides: Any) -> None:
+        base = config if config is not None else PublisherConfig()
+        self.config = base.model_copy(update=overrides) if overrides else base
+        self.spool_dir = Path(self.config.spool_dir).expanduser()
+        self._closed = False
+        self._init_state()
+        _live.add(self)
+        if self.config.handle_sigterm:
+            _install_sigterm_handler()
+
+    # -- state, reset after fork -------------------------------------------------------------------------------
+
+    def _init_state(self) -> None:
+        self.pid = os.getpid()
+        self.published = 0
+        self.spooled = 0
+        self.dropped = 0
+        self.replayed = 0
+        self._buffer: deque[str] = deque()
+        self._send_lock = threading.Lock()  # one flush at a time: batches leave in order
+        self._state_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._replay_wanted = True  # look at the spool dir once at start: a dead process may have left files
+        self._breaker = _Breaker(self.config.breaker_open_seconds)
+        self._redis: Redis | None = None
+        self._queue: Queue | None = None
+        self._spool = Spool(self.spool_dir)
+        self._last_drop_log = 0.0
+        self._retry = Retry(max=jobspec.RETRY_MAX, interval=list(jobspec.RETRY_INTERVALS))
+
+    def _after_fork_in_child(self) -> None:
+        # the parent's buffer is the parent's to send; its thread does not exist here; its sockets and its
+        # spool lock must not be shared
+        spool = self._spool
+        self._init_state()
+        spool.reset_after_fork()
+
+    # -- public API --------------------------------------------------------------------------------------------
+
+    @property
+    def mode(self) -> Mode:
+        return self.config.mode
+
+    @property
+    def buffered(self) -> int:
+        """Events waiting in memory."""
+        return len(self._buffer)
+
+    def stats(self) -> dict[str, int]:
+        """Counters since this process started publishing."""
+        return {
+            "published": self.published,
+            "spooled": self.spooled,
+            "dropped": self.dropped,
+            "replayed": self.replayed,
+            "buffered": len(self._buffer),
+        }
+
+    def publish(self, event: UsageEvent) -> None:
+        """Accept one event. Never raises: a failure to publish becomes spooling or a counted drop."""
+        try:
+            text = event.model_dump_json()
+        except Exception:
+            self._count_drop(1, "event could not be serialized")
+            return
+        self.publish_text(text)
+
+    def publish_text(self, text: str) -> None:
+        """Accept one event given as its JSON text (already validated by the caller). Never raises."""
+        if os.getpid() != self.pid:  # forked by a path that skipped the at-fork hook
+            self._after_fork_in_child()
+        if self._closed:
+            self._count_drop(1, "publisher is closed")
+            return
+        if self.config.mode == "direct":
+            self._deliver([text])
+            return
+        if len(self._buffer) >= self.config.buffer_max:
+            self._count_drop(1, "buffer full")
+            return
+        self._buffer.append(text)
+        if self._thread is None:
+            self._start_thread()
+        elif len(self._buffer) >= self.config.batch_size:
+            self._wake.set()
+
+    def publish_many(self, texts: Sequence[str]) -> None:
+        """Enqueue (or spool) these events now, in batches, whatever the mode. Never raises."""
+        if os.getpid() != self.pid:
+            self._after_fork_in_child()
+        self._deliver(list(texts))
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Send what is buffered now. True when the buffer was emptied (sent or spooled) within the timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        acquired = self._send_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
+        if not acquired:
+            return False
+        try:
+            self._drain(deadline)
+        finally:
+            self._send_lock.release()
+        return not self._buffer
+
+    def ping(self) -> None:
+        """Check that Redis answers within the configured timeouts; raises the Redis error otherwise."""
+        redis, _ = self._connection()
+        redis.ping()
+
+    def replay(self) -> ReplayReport:
+        """Replay the spool directory now (this process's file included), if Redis answers."""
+        self._spool.seal()
+        report = replay_dir(self.spool_dir, self.enqueue)
+        self.replayed += report.events
+        if report.failed_files:
+            self._breaker.failed()
+        return report
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Flush, stop the background thread, release the spool file and the Redis connections."""
+        if self._closed:
+            return
+        self.flush(timeout)
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        if self._buffer:  # the flush timed out: whatever is left still goes to disk
+            self._spool_texts(self._take_all(), "closing")
+        self._spool.close()
+        if self.dropped:
+            logger.warning("usagebill publisher closed: %d events were dropped (buffer full)", self.dropped)
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                self._redis.connection_pool.disconnect()
+        _live.discard(self)
+
+    # -- sending -----------------------------------------------------------------------------------------------
+
+    def _connection(self) -> tuple[Redis, Queue]:
+        if self._redis is None or self._queue is None:
+            pool = ConnectionPool.from_url(
+                self.config.redis_url,
+                socket_connect_timeout=self.config.connect_timeout,
+                socket_timeout=self.config.socket_timeout,
+                # no retries inside redis-py: a failed call is spooled at once and the breaker opens
+                retry=RedisRetry(NoBackoff(), 0),
+            )
+            self._redis = Redis(connection_pool=pool)
+            self._queue = Queue(self.config.queue, connection=self._redis, serializer=JSONSerializer)
+        return self._redis, self._queue
+
+    def _batches(self, texts: Sequence[str]) -> list[list[str]]:
+        size, max_bytes = self.config.batch_size, self.config.batch_max_bytes
+        batches: list[list[str]] = []
+        current: list[str] = []
+        current_bytes = 0
+        for text in texts:
+            n = len(text) + 4  # the quotes and separator it takes inside the job's JSON
+            if current and (len(current) >= size or current_bytes + n > max_bytes):
+                batches.append(current)
+                current, current_bytes = [], 0
+            current.append(text)
+            current_bytes += n
+        if current:
+            batches.append(current)
+        return batches
+
+    def enqueue(self, texts: Sequence[str]) -> None:
+        """Enqueue the events as jobs of bounded batches in one MULTI/EXEC per group of jobs. Raises on failure."""
+        if not texts:
+            return
+        _, queue = self._connection()
+        batches = self._batches(texts)
+        # a few jobs per round trip keeps each transaction (and the socket timeout it must meet) small
+        for start in range(0, len(batches), 8):
+            group = batches[start : start + 8]
+            pipe = queue.connection.pipeline()
+            queue.enqueue_many(
+                [
+                    Queue.prepare_data(
+                        jobspec.INGEST_FUNC,
+                        args=[batch],
+                        timeout=jobspec.JOB_TIMEOUT,
+                        result_ttl=jobspec.RESULT_TTL,
+                        failure_ttl=jobspec.FAILURE_TTL,
+                        retry=self._retry,
+                    )
+                    for batch in group
+                ],
+                pipeline=pipe,
+            )
+            pipe.execute()
+
+    def _deliver(self, texts: list[str]) -> None:
+        """Enqueue, or spool when Redis is away. Never raises."""
+        if not texts:
+            return
+        if self._breaker.allows():
+            try:
+                self.enqueue(texts)
+            except Exception as exc:
+                self._breaker.failed()
+                logger.warning(
+                    "usagebill: Redis unavailable (%s: %s); spooling events for %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    self._breaker.open_seconds,
+                )
+            else:
+                self.published += len(texts)
+                if self._breaker.succeeded() or self._spool.pending:
+                    self._request_replay()
+                return
+        self._spool_texts(texts, "Redis unavailable")
+
+    def _spool_texts(self, texts: list[str], why: str) -> None:
+        try:
+            self._spool.append(texts)
+        except Exception as exc:
+            self._count_drop(len(texts), f"{why} and the spool refused them ({exc})")
+            return
+        self.spooled += len(texts)
+        self._replay_wanted = True
+
+    def _take(self, max_count: int) -> list[str]:
+        out: list[str] = []
+        pop = self._buffer.popleft
+        with contextlib.suppress(IndexError):
+            for _ in range(max_count):
+                out.append(pop())
+        return out
+
+    def _take_all(self) -> list[str]:
+        return self._take(len(self._buffer))
+
+    def _drain(self, deadline: float | None) -> None:
+        # a few batches per round: a flush under load does not hold the buffer back for ever
+        chunk = self.config.batch_size * 8
+        while self._buffer:
+            if deadline is not None and time.monotonic() > deadline:
+                return
+            self._deliver(self._take(chunk))
+
+    def _count_drop(self, n: int, why: str) -> None:
+        self.dropped += n
+        now = time.monotonic()
+        if now - self._last_drop_log >= 10.0:  # report, but do not flood the app's logs
+            self._last_drop_log = now
+            logger.warning("usagebill: %d event(s) dropped: %s (%d dropped so far)", n, why, self.dropped)
+
+    # -- background thread ------------------------------------------------------------------------------------
+
+    def _request_replay(self) -> None:
+        self._replay_wanted = True
+        if self._thread is None:
+            self._start_thread()
+        else:
+            self._wake.set()
+
+    def _start_thread(self) -> None:
+        with self._state_lock:
+            if self._thread is not None or self._closed:
+                return
+            thread = threading.Thread(target=self._run, name="usagebill-publisher", daemon=True)
+            self._thread = thread
+        thread.start()
+
+    def _run(self) -> None:
+        interval = self.config.flush_interval
+        while not self._stop.is_set():
+            self._wake.wait(interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                if self._buffer:
+                    with self._send_lock:
+                        self._drain(None)
+                if self._replay_wanted and self._breaker.allows():
+                    self._background_replay()
+            except Exception:  # the thread must survive anything: it is the only flusher
+                logger.exception("usagebill publisher thread error")
+            if self._replay_wanted:
+                # Redis is away and spooled events wait: come back when the breaker lets us try again
+                interval = max(min(self.config.breaker_open_seconds, self.config.flush_interval), 0.05)
+            else:
+                interval = self.config.flush_interval
+
+    def _background_replay(self) -> None:
+        with self._send_lock:
+            if not self._breaker.is_open or self._probe():
+                report = self.replay()
+                if report.failed_files == 0:
+                    self._spool.pending = 0
+                    self._replay_wanted = False
+                if report.events:
+                    logger.info("usagebill: replayed %d spooled events from %d files", report.events, report.files)
+
+    def _probe(self) -> bool:
+        try:
+            redis, _ = self._connection()
+            redis.ping()
+        except Exception:
+            self._breaker.failed()
+            return False
+        self._breaker.succeeded()
+        return True
+
+
+# -- process-wide hooks: exit, SIGTERM, fork -------------------------------------------------------------------
+
+_live: weakref.WeakSet[Publisher] = weakref.WeakSet()
+_sigterm_installed = False
+_previous_sigterm: Callable[[int, FrameType | None], Any] | int | None = None
+
+
+def _flush_all(timeout: float | None = None) -> None:
+    for pub in list(_live):
+        try:
+            pub.flush(pub.config.exit_flush_timeout if timeout is None else timeout)
+            if pub._buffer:  # timed out: keep them on disk rather than lose them
+                pub._spool_texts(pub._take_all(), "exiting")
+            pub._spool.seal()
+        except Exception:
+            logger.exception("usagebill: flush at exit failed")
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    _flush_all()
+    previous = _previous_sigterm
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_IGN:
+        return
+    else:  # SIG_DFL (or unknown: a handler installed outside Python): die of SIGTERM as without us
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_sigterm_handler() -> None:
+    """Chain our flush in front of the app's SIGTERM handler. Only the main thread may set handlers."""
+    global _sigterm_installed, _previous_sigterm  # noqa: PLW0603
+    if _sigterm_installed or threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm:
+        _sigterm_installed = True
+        return
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main interpreter
+        return
+    _previous_sigterm = current
+    _sigterm_installed = True
+
+
+def _after_fork_in_child() -> None:
+    global _default_lock  # noqa: PLW0603
+    _default_lock = threading.Lock()
+    for pub in list(_live):
+        pub._after_fork_in_child()
+
+
+atexit.register(_flush_all)
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- the process's default publisher ---------------------------------------------------------------------------
+
+_default: Publisher | None = None
+_default_lock = threading.Lock()
+
+
+def configure(config: PublisherConfig | None = None, **overrides: Any) -> Publisher:
+    """Replace the default publisher (the previous one is flushed and closed). Raises on invalid config."""
+    global _default
+    new = Publisher(config, **overrides)
+    with _default_lock:
+        old, _default = _default, new
+    if old is not None:
+        old.close()
+    return new
+
+
+def get_publisher() -> Publisher:
+    """The process's default publisher, configured from the environment on first use."""
+    global _default  # noqa: PLW0603
+    pub = _default
+    if pub is not None:
+        return pub
+    with _default_lock:
+        if _default is None:
+            try:
+                _default = Publisher()
+            except ValidationError as exc:
+                # a bad variable must not cost the app its events: defaults still spool locally at worst
+                logger.error("usagebill: invalid publisher configuration, using defaults: %s", exc)
+                _default = Publisher(PublisherConfig.model_construct())
+        return _default
+
+
+def emit(event: UsageEvent) -> None:
+    """Publish one event with the default publisher. Never raises."""
+    try:
+        get_publisher().publish(event)
+    except Exception:
+        logger.exception("usagebill: emit failed")
+
+
+async def publish_async(event: UsageEvent, publisher: Publisher | None = None) -> None:
+    """Publish from a coroutine without blocking the event loop on Redis I/O. Never raises."""
+    pub = publisher if publisher is not None else get_publisher()
+    if pub.mode == "buffered":
+        pub.publish(event)  # only a memory append: the background thread does the I/O
+        return
+    await asyncio.to_thread(pub.publish, event)
+
+
+class AsyncPublisher:
+    """A publisher for asyncio code: Redis I/O runs off the event loop, in a thread."""
+
+    def __init__(self, publisher: Publisher | None = None, **overrides: Any) -> None:
+        self.publisher = publisher if publisher is not None else Publisher(**overrides)
+
+    async def publish(self, event: UsageEvent) -> None:
+        await publish_async(event, self.publisher)
+
+    async def flush(self, timeout: float | None = 10.0) -> bool:
+        return await asyncio.to_thread(self.publisher.flush, timeout)
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.publisher.close)
