@@ -1,0 +1,296 @@
+"""Ingest one batch of usage events in one transaction: validate, dedup, price, route, aggregate."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+from pydantic import ConfigDict, ValidationError
+
+from billing import aggregates, pricing
+from billing.settings import Settings
+from billing.sqlfiles import query
+from producer.event import UsageEvent
+
+#: test-only: `USAGEBILL_TEST_PAUSE_AT=<step>` makes the ingest job block at that step (before_tx,
+#: in_tx, after_commit) so a test can SIGKILL the worker at a known point; with
+#: `USAGEBILL_TEST_PAUSE_MARKER=<path>` it first creates that file. Never set it in production.
+PAUSE_STEPS = ("before_tx", "in_tx", "after_commit")
+_PAUSE_AT = os.environ.get("USAGEBILL_TEST_PAUSE_AT", "")
+_PAUSE_MARKER = os.environ.get("USAGEBILL_TEST_PAUSE_MARKER", "")
+
+
+class _Incoming(UsageEvent):
+    """A UsageEvent that also keeps the unknown top-level fields (stored as `extra`, kept as sent)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An event that failed validation: what could be read of it, why, and the payload as received."""
+
+    pos: int
+    reason: str
+    raw: str
+    event_id: str | None = None
+    org_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A batch after validation: COPY rows (position, hash, canonical JSON, extra JSON) and rejections."""
+
+    rows: list[tuple[int, bytes, str, str | None]]
+    rejected: list[Rejection]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one committed batch did. received = inserted + duplicates + conflicts + rejected."""
+
+    received: int
+    inserted: int
+    duplicates: int
+    conflicts: int
+    rejected: int
+    unpriced: int
+    #: (org_id, usage month) of the inserted events: what the quota hooks refresh
+    org_months: list[tuple[str, date]] = field(default_factory=list)
+
+
+def test_pause(step: str) -> None:
+    """Test-only: block for good at `step` when USAGEBILL_TEST_PAUSE_AT names it (see PAUSE_STEPS)."""
+    if step != _PAUSE_AT:
+        return
+    if _PAUSE_MARKER:
+        with open(_PAUSE_MARKER, "w", encoding="utf-8") as marker:
+            marker.write(f"{os.getpid()} {step}\n")
+    sys.stderr.write(f"usagebill: test pause at {step} (pid {os.getpid()})\n")
+    sys.stderr.flush()
+    while True:
+        time.sleep(3600)
+
+
+def parse(events: Sequence[Any], *, now: datetime, future_tolerance: timedelta) -> Parsed:
+    """Validate each event (wire format v1); the valid ones become COPY rows, the others rejections.
+
+    The canonical form is the validated event dumped as sorted JSON (`UsageEvent.canonical()`); its
+    sha256 is the conflict hash. Events more than `future_tolerance` ahead of `now` are rejected.
+    """
+    limit = now + future_tolerance
+    rows: list[tuple[int, bytes, str, str | None]] = []
+    rejected: list[Rejection] = []
+    validate = _Incoming.model_validate_json
+    for pos, item in enumerate(events):
+        text = _as_text(item)
+        if text is None:
+            rejected.append(_reject(pos, item, "event is not a JSON text"))
+            continue
+        try:
+            event = validate(text)
+        except ValidationError as exc:
+            rejected.append(_reject(pos, text, _reason(exc)))
+            continue
+        if event.occurred_at > limit:
+            rejected.append(
+                _reject(
+                    pos,
+                    text,
+                    f"occurred_at: {event.occurred_at.isoformat()} is more than "
+                    f"{int(future_tolerance.total_seconds())} s ahead of the server clock",
+                )
+            )
+            continue
+        extra = event.model_extra
+        if extra:
+            canonical = event.model_dump_json(exclude=set(extra))
+            extra_json: str | None = _jsonb_safe(extra)
+        else:
+            canonical = event.model_dump_json()
+            extra_json = None
+        rows.append((pos, hashlib.sha256(canonical.encode()).digest(), canonical, extra_json))
+    return Parsed(rows, rejected)
+
+
+def ingest_batch(
+    conn: psycopg.Connection[Any], events: Sequence[Any], *, settings: Settings, job_id: str | None = None
+) -> IngestResult:
+    """Ingest one batch in one transaction on `conn`; returns once it is committed.
+
+    Invalid events are parked in rejected_events (the rest goes on); each new event_id is inserted
+    once, priced set-based, routed to its billing month and added to the aggregates; a known
+    event_id with another payload is recorded in event_conflicts and never counted. Database errors
+    propagate (the caller decides: retry when transient, split the batch when not).
+    """
+    parsed = parse(events, now=datetime.now(UTC), future_tolerance=timedelta(seconds=settings.future_tolerance_seconds))
+    test_pause("before_tx")
+    with conn.transaction():
+        conn.execute(query("ingest", "create_stage"))
+        inserted = conflicts = 0
+        summary: list[tuple[str, date, int]] = []
+        if parsed.rows:
+            with conn.cursor() as cur:
+                with cur.copy(query("ingest", "copy_stage")) as copy:
+                    for row in parsed.rows:
+                        copy.write_row(row)
+                months = [r[0] for r in cur.execute(query("ingest", "stage_months")).fetchall()]
+                routes = cur.execute(query("ingest", "route_months"), {"months": months}).fetchall()
+                cur.execute(
+                    query("ingest", "insert_new"),
+                    {"usage_months": [r[0] for r in routes], "billing_months": [r[1] for r in routes]},
+                )
+                inserted = cur.rowcount
+                if inserted:
+                    cur.execute(query("ingest", "upsert_orgs"))  # before pricing: it reads the org's currency
+                    pricing.price_rows(conn, "ingest_new")
+                    cur.execute(query("ingest", "insert_events"))
+                    aggregates.add(conn, "ingest_new")
+                    summary = [(str(o), m, int(n)) for o, m, n in cur.execute(query("ingest", "new_summary"))]
+                conflicts = int(_scalar(cur.execute(query("ingest", "record_conflicts")).fetchone()))
+        if parsed.rejected:
+            park(conn, parsed.rejected, job_id=job_id)
+        org_months = [(o, m) for o, m, _ in summary]
+        if org_months:
+            hook = quota_hook("record_alerts")
+            if hook is not None:
+                hook(conn, org_months)
+        test_pause("in_tx")
+    return IngestResult(
+        received=len(events),
+        inserted=inserted,
+        duplicates=len(parsed.rows) - inserted - conflicts,
+        conflicts=conflicts,
+        rejected=len(parsed.rejected),
+        unpriced=sum(n for _, _, n in summary),
+        org_months=org_months,
+    )
+
+
+def park(conn: psycopg.Connection[Any], rejected: Sequence[Rejection], *, job_id: str | None) -> None:
+    """Store rejected events with their reasons and raw payloads (one statement), in the caller's transaction."""
+    conn.execute(
+        query("ingest", "insert_rejected"),
+        {
+            "job_id": job_id,
+            "event_ids": [r.event_id for r in rejected],
+            "org_ids": [r.org_id for r in rejected],
+            "reasons": [r.reason for r in rejected],
+            "raws": [r.raw for r in rejected],
+        },
+    )
+
+
+def rejection(pos: int, item: Any, reason: str) -> Rejection:
+    """A rejection for an event that could not be ingested (e.g. a poison event isolated by splitting)."""
+    return _reject(pos, item, reason)
+
+
+def quota_hook(name: str) -> Callable[..., None] | None:
+    """The quota module's hook `name` (record_alerts, refresh_mirror) when that module provides it."""
+    try:
+        module = importlib.import_module("billing.quotas")
+    except ModuleNotFoundError as exc:
+        if exc.name != "billing.quotas":
+            raise
+        return None
+    hook = getattr(module, name, None)
+    return hook if callable(hook) else None
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _as_text(item: Any) -> str | None:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, bytes | bytearray):
+        try:
+            return bytes(item).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(item, dict):  # a publisher that sent the object itself: validate it the same way
+        try:
+            return json.dumps(item)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _reason(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "json_invalid":
+            parts.append(f"invalid JSON: {err['msg']}")
+        else:
+            parts.append(f"{loc}: {err['msg']}" if loc else str(err["msg"]))
+    more = exc.error_count() - len(parts)
+    if more > 0:
+        parts.append(f"and {more} more error(s)")
+    return _clean_text("; ".join(parts))[:2000]
+
+
+def _reject(pos: int, item: Any, reason: str) -> Rejection:
+    raw = item if isinstance(item, str) else _safe_repr(item)
+    event_id = org_id = None
+    try:
+        doc = json.loads(raw)
+    except (TypeError, ValueError, RecursionError):
+        doc = None
+    if isinstance(doc, dict):
+        event_id = _short_text(doc.get("event_id"))
+        org_id = _short_text(doc.get("org_id"))
+    return Rejection(pos=pos, reason=_clean_text(reason), raw=_clean_text(raw), event_id=event_id, org_id=org_id)
+
+
+def _safe_repr(item: Any) -> str:
+    if isinstance(item, bytes | bytearray):
+        return bytes(item).decode("utf-8", errors="backslashreplace")
+    try:
+        return json.dumps(item)
+    except (TypeError, ValueError):
+        return repr(item)
+
+
+def _short_text(value: Any) -> str | None:
+    return _clean_text(value)[:256] if isinstance(value, str) else None
+
+
+def _clean_text(text: str) -> str:
+    # Postgres text holds neither NUL nor lone surrogates: keep the payload readable, never fail on it.
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+    return text
+
+
+def _jsonb_safe(extra: dict[str, Any]) -> str:
+    # jsonb holds neither \u0000 nor lone surrogates: replace them instead of failing the batch
+    return json.dumps(_jsonb_clean(extra), ensure_ascii=False, default=str)
+
+
+def _jsonb_clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd").encode("utf-8", errors="replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_jsonb_clean(k): _jsonb_clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonb_clean(v) for v in value]
+    return value
+
+
+def _scalar(row: tuple[Any, ...] | None) -> Any:
+    return row[0] if row else 0

@@ -1,0 +1,97 @@
+-- Ingestion: one batch = one transaction. The batch is COPYed into a per-session staging table, its
+-- new events are inserted once (dedup by event_keys), priced set-based, routed to billing months and
+-- added to the aggregates. Statements touch rows in key order, so concurrent workers never deadlock.
+
+-- name: create_stage
+-- Per-session scratch tables, emptied at every commit. ingest_stage holds the validated canonical
+-- events (jsonb) with their hash; ingest_new the events actually inserted, shaped like events so
+-- that pricing and the aggregates take it as it is.
+CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
+    pos          integer NOT NULL,
+    payload_hash bytea NOT NULL,
+    doc          jsonb NOT NULL,
+    extra        jsonb
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS ingest_new (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+
+-- name: copy_stage
+COPY ingest_stage (pos, payload_hash, doc, extra) FROM STDIN
+
+-- name: stage_months
+SELECT DISTINCT date_trunc('month', (doc->>'occurred_at')::timestamptz)::date FROM ingest_stage
+
+-- name: route_months
+SELECT usage_month, billing_month FROM route_billing_months(%(months)s::date[])
+
+-- name: insert_new
+-- The first copy of each event_id in the batch (by position) claims its key; the ones whose key was
+-- free become ingest_new rows. Keys are inserted in event_id order (deterministic lock order).
+WITH firsts AS MATERIALIZED (
+    SELECT DISTINCT ON (doc->>'event_id') pos, payload_hash, doc, extra
+      FROM ingest_stage
+     ORDER BY doc->>'event_id', pos
+), claimed AS (
+    INSERT INTO event_keys (event_id, payload_hash, occurred_at)
+    SELECT doc->>'event_id', payload_hash, (doc->>'occurred_at')::timestamptz
+      FROM firsts
+     ORDER BY doc->>'event_id'
+        ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+), routes AS (
+    SELECT * FROM unnest(%(usage_months)s::date[], %(billing_months)s::date[]) AS r (usage_month, billing_month)
+), parsed AS (
+    SELECT f.*, (f.doc->>'occurred_at')::timestamptz AS occurred_at, f.doc->'usage' AS u
+      FROM firsts f
+      JOIN claimed c ON c.event_id = f.doc->>'event_id'
+)
+INSERT INTO ingest_new (
+    event_id, org_id, user_id, session_id, request_type, provider, model, service_tier, status, estimated,
+    latency_ms, reservation_id, tags, extra, occurred_at, usage_month, billing_month,
+    input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
+    reasoning_tokens, provider_cost)
+SELECT p.doc->>'event_id', p.doc->>'org_id', p.doc->>'user_id', p.doc->>'session_id', p.doc->>'request_type',
+       p.doc->>'provider', p.doc->>'model', p.doc->>'service_tier', p.doc->>'status', (p.doc->'estimated')::boolean,
+       (p.doc->>'latency_ms')::bigint, p.doc->>'reservation_id', p.doc->'tags', p.extra, p.occurred_at,
+       r.usage_month, r.billing_month,
+       (p.u->>'input_tokens')::bigint, (p.u->>'cached_input_tokens')::bigint, (p.u->>'cache_write_tokens')::bigint,
+       (p.u->>'cache_write_1h_tokens')::bigint, (p.u->>'output_tokens')::bigint, (p.u->>'reasoning_tokens')::bigint,
+       (p.u->>'provider_cost')::numeric
+  FROM parsed p
+  JOIN routes r ON r.usage_month = date_trunc('month', p.occurred_at)::date
+
+-- name: insert_events
+INSERT INTO events SELECT * FROM ingest_new
+
+-- name: upsert_orgs
+-- Any org id seen is a customer (USD unless set otherwise); in org_id order.
+INSERT INTO orgs (org_id) SELECT DISTINCT org_id FROM ingest_new ORDER BY org_id ON CONFLICT (org_id) DO NOTHING
+
+-- name: record_conflicts
+-- Every staged copy whose canonical hash differs from the first accepted copy's (in this batch or an
+-- earlier one) is a conflict: kept for operators, never counted. Returns how many copies conflicted.
+WITH differing AS MATERIALIZED (
+    SELECT s.doc->>'event_id' AS event_id, k.payload_hash AS first_hash, s.payload_hash AS conflict_hash, s.doc
+      FROM ingest_stage s
+      JOIN event_keys k ON k.event_id = s.doc->>'event_id'
+     WHERE k.payload_hash <> s.payload_hash
+), recorded AS (
+    INSERT INTO event_conflicts (event_id, first_hash, conflict_hash, payload)
+    SELECT DISTINCT ON (event_id, conflict_hash) event_id, first_hash, conflict_hash, doc
+      FROM differing
+     ORDER BY event_id, conflict_hash
+        ON CONFLICT (event_id, conflict_hash) DO NOTHING
+)
+SELECT count(*) FROM differing
+
+-- name: new_summary
+-- Per (org, usage month) of the inserted events: what quota hooks need, and the unpriced count.
+SELECT org_id, usage_month, count(*) FILTER (WHERE rate_id IS NULL) AS unpriced
+  FROM ingest_new
+ GROUP BY org_id, usage_month
+ ORDER BY org_id, usage_month
+
+-- name: insert_rejected
+INSERT INTO rejected_events (event_id, org_id, reason, raw, job_id)
+SELECT event_id, org_id, reason, raw, %(job_id)s
+  FROM unnest(%(event_ids)s::text[], %(org_ids)s::text[], %(reasons)s::text[], %(raws)s::text[])
+       AS r (event_id, org_id, reason, raw)

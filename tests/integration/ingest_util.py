@@ -1,0 +1,116 @@
+"""Helpers for the ingest and worker tests: event factories and totals read back from Postgres."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+DEFAULT_AT = "2026-10-15T12:00:00+00:00"
+
+
+def event(
+    event_id: str,
+    *,
+    org_id: str = "org-a",
+    user_id: str | None = "u1",
+    model: str = "gpt-4o",
+    provider: str = "openai",
+    occurred_at: str = DEFAULT_AT,
+    input_tokens: int = 1000,
+    cached: int = 100,
+    cache_write: int = 0,
+    cache_write_1h: int = 0,
+    output: int = 200,
+    reasoning: int = 0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """One event as a publisher would send it (wire format v1)."""
+    doc: dict[str, Any] = {
+        "schema_version": 1,
+        "event_id": event_id,
+        "occurred_at": occurred_at,
+        "org_id": org_id,
+        "user_id": user_id,
+        "provider": provider,
+        "model": model,
+        "usage": {
+            "input_tokens": input_tokens,
+            "cached_input_tokens": cached,
+            "cache_write_tokens": cache_write,
+            "cache_write_1h_tokens": cache_write_1h,
+            "output_tokens": output,
+            "reasoning_tokens": reasoning,
+        },
+    }
+    doc.update(extra)
+    return doc
+
+
+def text(doc: dict[str, Any]) -> str:
+    return json.dumps(doc)
+
+
+def add_rate(
+    conn: psycopg.Connection[Any], model: str = "gpt-4o", price_in: str = "2.5", price_out: str = "10"
+) -> None:
+    """A public USD rate in force since 2020 (cached: 1.25, cache writes and reasoning: the fallbacks)."""
+    conn.execute(
+        "INSERT INTO rates (provider, model, effective_from, currency, price_input, price_cached_input,"
+        " price_output, source) VALUES ('openai', %s, %s, 'USD', %s, '1.25', %s, 'test')",
+        (model, datetime(2020, 1, 1, tzinfo=UTC), price_in, price_out),
+    )
+
+
+def totals(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Events, tokens and cost as stored, and as aggregated (both must match the distinct valid events)."""
+    ev = conn.execute(
+        "SELECT count(*), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
+        " coalesce(sum(cost_total), 0) FROM events"
+    ).fetchone()
+    daily = conn.execute(
+        "SELECT coalesce(sum(events), 0), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0),"
+        " coalesce(sum(cost), 0) FROM usage_daily"
+    ).fetchone()
+    inv = conn.execute("SELECT coalesce(sum(amount), 0) FROM invoice_usage").fetchone()
+    assert ev is not None and daily is not None and inv is not None
+    return {
+        "events": int(ev[0]),
+        "input": int(ev[1]),
+        "output": int(ev[2]),
+        "cost": ev[3],
+        "daily_events": int(daily[0]),
+        "daily_input": int(daily[1]),
+        "daily_output": int(daily[2]),
+        "daily_cost": daily[3],
+        "invoice_amount": inv[0],
+    }
+
+
+def expected(docs: list[dict[str, Any]]) -> dict[str, int]:
+    """Counts over the distinct event ids (first copy wins) of valid docs."""
+    seen: dict[str, dict[str, Any]] = {}
+    for d in docs:
+        seen.setdefault(d["event_id"], d)
+    return {
+        "events": len(seen),
+        "input": sum(d["usage"]["input_tokens"] for d in seen.values()),
+        "output": sum(d["usage"]["output_tokens"] for d in seen.values()),
+    }
+
+
+def assert_consistent(conn: psycopg.Connection[Any], docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stored events and both aggregates equal the sums over the distinct valid events."""
+    got = totals(conn)
+    want = expected(docs)
+    assert (got["events"], got["input"], got["output"]) == (want["events"], want["input"], want["output"])
+    assert (got["daily_events"], got["daily_input"], got["daily_output"]) == (
+        want["events"],
+        want["input"],
+        want["output"],
+    )
+    assert got["daily_cost"] == got["cost"]
+    assert got["invoice_amount"] == got["cost"]
+    return got
