@@ -13,6 +13,10 @@ from producer.publisher import (
     get_publisher,
     publish_async,
 )
+from producer.asgi import UsageMiddleware
+from producer.sse import track_sse_lines
+from producer.streams import instrument, track_response, track_stream
+from producer.tokens import count_messages, count_prompt, count_text
 from producer.usage import Usage
 
 __all__ = [
@@ -22,17 +26,25 @@ __all__ = [
     "PublisherConfig",
     "Usage",
     "UsageAccumulator",
+    "UsageMiddleware",
     "UsageEvent",
     "billing_context",
     "build_event",
     "configure",
+    "count_messages",
+    "count_prompt",
+    "count_text",
     "current_context",
     "emit",
     "extract_model",
     "extract_service_tier",
     "extract_usage",
     "get_publisher",
+    "instrument",
     "new_event_id",
     "publish_async",
     "repair_usage",
+    "track_response",
+    "track_sse_lines",
+    "track_stream",
 ]

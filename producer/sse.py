@@ -1,0 +1,194 @@
+"""Capture usage from raw server-sent-event lines (httpx `iter_lines()`, aiohttp content), lines untouched.
+
+`track_sse_lines(lines, provider=..., model=..., org_id=...)` yields every line exactly as it came
+(str or bytes, with or without its newline) and publishes the call's one event: `ok` at the end,
+`error` if reading fails or the stream sends an error event, `aborted` if it is closed or dropped
+early. Only `data:` lines that can carry usage (those mentioning "usage", the first one for the
+model) are parsed; `[DONE]` is ignored and `event:` names are kept for Anthropic-style streams.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any
+
+from producer.streams import Publish, _Call, _context, _is_cancel
+
+logger = logging.getLogger("usagebill.producer")
+
+_EVENT_ERRORS = frozenset({"error", "response.failed"})
+
+
+class SSEParser:
+    """Reads decoded SSE lines into a call: usage-bearing `data:` payloads go to its accumulator."""
+
+    __slots__ = ("call", "error", "event", "seen_data")
+
+    def __init__(self, call: _Call) -> None:
+        self.call = call
+        self.event: str | None = None
+        self.error = False
+        self.seen_data = False
+
+    def feed(self, line: str) -> None:
+        """One line without its line ending. Never raises."""
+        if line.startswith("data:"):
+            data = line[5:].strip()
+            if not data or data == "[DONE]":
+                return
+            self.call.chunks.append(data)  # read again only to estimate, if no usage comes
+            if '"usage"' in data or not self.seen_data or '"error"' in data or self.event in _EVENT_ERRORS:
+                self.seen_data = True
+                self._parse(data)
+        elif line.startswith("event:"):
+            self.event = line[6:].strip() or None
+        elif not line:
+            self.event = None  # a blank line ends the event
+
+    def _parse(self, data: str) -> None:
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(payload, dict):
+            return
+        if self.event and "type" not in payload:
+            payload["type"] = self.event  # an Anthropic-style event whose name is only on the event: line
+        if payload.get("type") in _EVENT_ERRORS or isinstance(payload.get("error"), Mapping | str):
+            self.error = True
+        self.call.observe(payload)
+
+    def status(self) -> str:
+        return "error" if self.error else "ok"
+
+
+def _decode(line: str | bytes) -> str | None:
+    # only data:, event: and blank lines matter; bytes are decoded for those alone
+    if isinstance(line, bytes):
+        if line[:5] != b"data:" and line[:6] != b"event:" and line.strip():
+            return None
+        line = line.decode("utf-8", "replace")
+    return line.rstrip("\r\n")
+
+
+class TrackedLines:
+    """A sync iterator of SSE lines that passes each line through and publishes the call's event."""
+
+    def __init__(self, lines: Any, call: _Call) -> None:
+        self._lines = lines
+        self._it: Iterator[str | bytes] = iter(lines)
+        self._call = call
+        self._parser = SSEParser(call)
+        self._finalizer = weakref.finalize(self, call.abandon)
+
+    def __iter__(self) -> TrackedLines:
+        return self
+
+    def __next__(self) -> str | bytes:
+        try:
+            line = next(self._it)
+        except StopIteration:
+            self._end(self._parser.status())
+            raise
+        except BaseException as exc:
+            self._end("error", exc)
+            raise
+        text = _decode(line)
+        if text is not None:
+            self._parser.feed(text)
+        return line
+
+    def _end(self, status: str, error: BaseException | None = None) -> None:
+        self._finalizer.detach()
+        self._call.emit(self._call.finish(status, error=error))
+
+    def close(self) -> None:
+        """Stop reading: the call is recorded as aborted unless it had already ended."""
+        if not self._call.done:
+            self._end("aborted")
+        close = getattr(self._lines, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> TrackedLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncTrackedLines:
+    """An async iterator of SSE lines that passes each line through and publishes the call's event."""
+
+    def __init__(self, lines: Any, call: _Call) -> None:
+        self._lines = lines
+        self._it: AsyncIterator[str | bytes] = lines.__aiter__()
+        self._call = call
+        self._parser = SSEParser(call)
+        self._finalizer = weakref.finalize(self, call.abandon)
+
+    def __aiter__(self) -> AsyncTrackedLines:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            line = await self._it.__anext__()
+        except StopAsyncIteration:
+            await self._end(self._parser.status())
+            raise
+        except BaseException as exc:
+            await self._end("aborted" if _is_cancel(exc) else "error", exc)
+            raise
+        text = _decode(line)
+        if text is not None:
+            self._parser.feed(text)
+        return line
+
+    async def _end(self, status: str, error: BaseException | None = None) -> None:
+        self._finalizer.detach()
+        await self._call.emit_async(self._call.finish(status, error=error))
+
+    async def aclose(self) -> None:
+        """Stop reading: the call is recorded as aborted unless it had already ended."""
+        if not self._call.done:
+            await self._end("aborted")
+        close = getattr(self._lines, "aclose", None)
+        if callable(close):
+            await close()
+
+    async def __aenter__(self) -> AsyncTrackedLines:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def track_sse_lines(
+    lines: Any,
+    *,
+    provider: str,
+    model: str | None = None,
+    request: Mapping[str, Any] | None = None,
+    publish: Publish | None = None,
+    started: float | None = None,
+    **context: Any,
+) -> Any:
+    """Wrap an iterator (or async iterator) of SSE lines; returns the same kind of iterator.
+
+    >>> with httpx.stream("POST", url, json=body) as r:
+    ...     for line in producer.track_sse_lines(r.iter_lines(), provider="openai", request=body, org_id="acme"):
+    ...         ...
+
+    `request` is the JSON body sent (its model, and its messages for an estimate if no usage comes).
+    For an OpenAI-compatible API, ask for usage in the body: `stream_options={"include_usage": True}`.
+    """
+    req = dict(request or {})
+    if model is not None:
+        req["model"] = model
+    call = _Call(provider=provider, request=req, context=_context(context), publish=publish, started=started)
+    if hasattr(lines, "__aiter__"):
+        return AsyncTrackedLines(lines, call)
+    return TrackedLines(lines, call)

@@ -1,0 +1,764 @@
+"""Capture one usage event per LLM call from SDK streams and responses, sync and async, chunks untouched.
+
+`instrument(client)` wraps an `openai.OpenAI`/`AsyncOpenAI` or `anthropic.Anthropic`/`AsyncAnthropic`
+client: its `chat.completions.create`, `responses.create`, `messages.create` and `messages.stream`
+return what the SDK returns (the same chunk objects, in the same order), and each call publishes
+exactly one event when it completes (`ok`), fails (`error`) or is abandoned (`aborted`: closed
+early, left by `break` out of a `with`, or garbage collected). `track_stream()` and
+`track_response()` do the same for a stream or response the app already holds.
+
+Per chunk the wrapper does almost nothing: it keeps a reference to the chunk and hands only the
+chunks that carry usage (or the model name) to `UsageAccumulator`. Only when the provider reported
+no usage are the kept chunks read for their text, to count tokens offline (`estimated: true`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from producer.build import build_event
+from producer.context import CallContext, current_context
+from producer.errors import InvalidEventError
+from producer.tokens import count_prompt, count_text, encoding_name_for
+
+if TYPE_CHECKING:
+    from producer.event import UsageEvent
+    from producer.extract import UsageAccumulator
+    from producer.usage import Usage
+
+logger = logging.getLogger("usagebill.producer")
+
+#: what receives each finished call's event; the default is the process's publisher (never raises)
+Publish = Callable[["UsageEvent"], Any]
+
+#: stream events (Responses API, Anthropic) that carry usage or the model name
+USAGE_EVENT_TYPES = frozenset(
+    {
+        "response.created",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+        "message_start",
+        "message_delta",
+    }
+)
+#: the context keys accepted as keyword arguments of `instrument`, `track_stream` and the `usagebill=` call option
+CONTEXT_KEYS = ("org_id", "user_id", "session_id", "request_type", "tags", "reservation_id")
+
+
+def _get(obj: Any, key: str) -> Any:
+    """A field of an SDK object or a dict (None when absent)."""
+    if isinstance(obj, Mapping):
+        return obj.get(key)
+    return getattr(obj, key, None)
+
+
+def default_publish(event: UsageEvent) -> None:
+    """Hand the event to the process's publisher (imported lazily: it pulls in redis and rq)."""
+    from producer.publisher import emit  # noqa: PLC0415
+
+    emit(event)
+
+
+async def default_publish_async(event: UsageEvent) -> None:
+    """The async-safe default: no Redis I/O on the event loop."""
+    from producer.publisher import publish_async  # noqa: PLC0415
+
+    await publish_async(event)
+
+
+def _accumulator(provider: str | None) -> UsageAccumulator:
+    from producer.extract import UsageAccumulator  # noqa: PLC0415
+
+    return UsageAccumulator(provider)
+
+
+def _extract(payload: Any, provider: str | None) -> Usage | None:
+    from producer.extract import extract_usage  # noqa: PLC0415
+
+    return extract_usage(payload, provider)
+
+
+# -- text of chunks and responses, read only to estimate when no usage was reported ---------------------------
+
+
+def chunk_text(chunk: Any) -> str:
+    """The generated text a stream chunk/event carries (chat delta, Responses delta, Anthropic delta).
+
+    A chunk may also be the JSON text of an SSE `data:` line (kept unparsed by `producer.sse`)."""
+    if isinstance(chunk, str | bytes):
+        try:
+            chunk = json.loads(chunk)
+        except ValueError:
+            return ""
+    kind = _get(chunk, "type")
+    if kind is None:  # an OpenAI chat chunk
+        parts: list[str] = []
+        for choice in _get(chunk, "choices") or ():
+            delta = _get(choice, "delta")
+            if delta is None:
+                continue
+            for key in ("content", "reasoning_content", "reasoning", "refusal"):
+                value = _get(delta, key)
+                if isinstance(value, str):
+                    parts.append(value)
+            for call in _get(delta, "tool_calls") or ():
+                fn = _get(call, "function")
+                for key in ("name", "arguments"):
+                    value = _get(fn, key) if fn is not None else None
+                    if isinstance(value, str):
+                        parts.append(value)
+        return "".join(parts)
+    if kind == "content_block_delta":
+        delta = _get(chunk, "delta")
+        for key in ("text", "partial_json", "thinking"):
+            value = _get(delta, key)
+            if isinstance(value, str):
+                return value
+        return ""
+    if isinstance(kind, str) and kind.endswith(".delta") and kind.startswith("response."):
+        value = _get(chunk, "delta")
+        return value if isinstance(value, str) else ""
+    return ""
+
+
+def response_text(response: Any) -> str:
+    """The generated text of a whole (non-streamed) response of any of the three APIs."""
+    parts: list[str] = []
+    for choice in _get(response, "choices") or ():  # chat completion
+        message = _get(choice, "message")
+        value = _get(message, "content") if message is not None else None
+        if isinstance(value, str):
+            parts.append(value)
+    for block in _get(response, "content") or ():  # Anthropic message
+        for key in ("text", "thinking"):
+            value = _get(block, key)
+            if isinstance(value, str):
+                parts.append(value)
+    for item in _get(response, "output") or ():  # Responses API
+        for part in _get(item, "content") or ():
+            value = _get(part, "text")
+            if isinstance(value, str):
+                parts.append(value)
+    return "".join(parts)
+
+
+# -- one call -------------------------------------------------------------------------------------------------
+
+
+class _Call:
+    """The state of one LLM call, from request to its one event."""
+
+    __slots__ = (
+        "_done",
+        "acc",
+        "chunks",
+        "context",
+        "first",
+        "hide_usage_chunk",
+        "provider",
+        "publish",
+        "request",
+        "request_model",
+        "started",
+        "tags",
+    )
+
+    def __init__(
+        self,
+        *,
+        provider: str,
+        request: Mapping[str, Any],
+        context: CallContext,
+        publish: Publish | None,
+        tags: Mapping[str, str] | None = None,
+        hide_usage_chunk: bool = False,
+        started: float | None = None,
+    ) -> None:
+        if not context.org_id:
+            # fail before the paid call, not after it: an event without an org can never be billed
+            raise InvalidEventError("no org_id: pass org_id= or call inside producer.billing_context(org_id=...)")
+        self.provider = provider
+        self.request = request
+        model = request.get("model")
+        self.request_model = model if isinstance(model, str) else None
+        self.context = context
+        self.publish = publish
+        self.tags = dict(tags or {})
+        self.hide_usage_chunk = hide_usage_chunk
+        self.started = time.perf_counter() if started is None else started
+        self.chunks: list[Any] = []
+        self.acc: UsageAccumulator | None = None
+        self.first = True
+        self._done = threading.Lock()  # acquired once: the one event of this call
+
+    def observe(self, chunk: Any) -> None:
+        """Feed a chunk that carries usage or the model to the accumulator (never raises)."""
+        try:
+            if self.acc is None:
+                self.acc = _accumulator(self.provider)
+            self.acc.add(chunk)
+        except Exception:
+            logger.exception("usagebill: could not read usage from a %s chunk", self.provider)
+
+    def finish(
+        self, status: str, *, error: BaseException | None = None, response: Any = None, text: str | None = None
+    ) -> UsageEvent | None:
+        """Build this call's event, once: later calls (a close after the end, a GC'd finished stream) get None."""
+        if not self._done.acquire(blocking=False):
+            return None
+        try:
+            return self._build(status, error=error, response=response, text=text)
+        except Exception:
+            logger.exception("usagebill: could not build the usage event of a %s call", self.provider)
+            return None
+
+    @property
+    def done(self) -> bool:
+        return self._done.locked()
+
+    def _build(self, status: str, *, error: BaseException | None, response: Any, text: str | None) -> UsageEvent:
+        latency_ms = int((time.perf_counter() - self.started) * 1000)
+        tags = dict(self.tags)
+        usage: Usage | None = None
+        model = self.request_model
+        tier: str | None = None
+        if response is not None:
+            self.acc = None
+            self.observe(response)
+        if self.acc is not None:
+            usage = self.acc.usage
+            model = _str(getattr(self.acc, "model", None)) or model
+            tier = _str(getattr(self.acc, "service_tier", None))
+        estimated = False
+        if usage is None:
+            usage, estimated = self._estimate(status, response=response, text=text, model=model, tags=tags)
+        if error is not None:
+            tags["usagebill.error"] = type(error).__name__
+        return build_event(
+            provider=self.provider,
+            model=model or "unknown",
+            usage=usage,
+            status=status,
+            estimated=estimated,
+            latency_ms=latency_ms,
+            service_tier=tier,
+            context=self.context,
+            tags=tags,
+        )
+
+    def _estimate(
+        self,
+        status: str,
+        *,
+        response: Any,
+        text: str | None,
+        model: str | None,
+        tags: dict[str, str],
+    ) -> tuple[Usage, bool]:
+        from producer.usage import Usage  # noqa: PLC0415
+
+        if status == "error" and response is None and not self.chunks and text is None:
+            # the request itself failed (refused, rate limited, unreachable): nothing was generated or billed
+            return Usage(input_tokens=0, output_tokens=0), False
+        if text is None:
+            text = response_text(response) if response is not None else "".join(chunk_text(c) for c in self.chunks)
+        count_model = model or self.request_model
+        tags["usagebill.estimate_encoding"] = encoding_name_for(count_model)
+        return (
+            Usage(input_tokens=count_prompt(self.request, count_model), output_tokens=count_text(text, count_model)),
+            True,
+        )
+
+    def emit(self, event: UsageEvent | None) -> None:
+        if event is None:
+            return
+        try:
+            (self.publish or default_publish)(event)
+        except Exception:
+            logger.exception("usagebill: publishing a usage event failed")
+
+    async def emit_async(self, event: UsageEvent | None) -> None:
+        if event is None:
+            return
+        try:
+            if self.publish is None:
+                await default_publish_async(event)
+            else:
+                result = self.publish(event)
+                if inspect.isawaitable(result):
+                    await result
+        except Exception:
+            logger.exception("usagebill: publishing a usage event failed")
+
+    def abandon(self) -> None:
+        """GC or interpreter exit reached a stream that was never finished: it was aborted."""
+        event = self.finish("aborted")
+        if event is None:
+            return
+        if self.publish is None:
+            default_publish(event)
+            return
+        try:
+            result = self.publish(event)
+            if inspect.iscoroutine(result):
+                result.close()  # no loop to run it from a finalizer; the default publisher is used instead
+                default_publish(event)
+        except Exception:
+            logger.exception("usagebill: publishing a usage event failed")
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _wants(chunk: Any, call: _Call) -> bool:
+    """Whether a chunk carries usage or the model name: the only ones the accumulator sees."""
+    if call.first:
+        call.first = False
+        return True
+    if isinstance(chunk, Mapping):
+        kind = chunk.get("type")
+        return kind in USAGE_EVENT_TYPES if kind is not None else chunk.get("usage") is not None
+    kind = getattr(chunk, "type", None)
+    if kind is not None:
+        return kind in USAGE_EVENT_TYPES
+    return getattr(chunk, "usage", None) is not None
+
+
+def _chat_wants(chunk: Any, call: _Call) -> bool:
+    # OpenAI chat chunks: only the usage chunk (and the first, for the model) matter
+    if call.first:
+        call.first = False
+        return True
+    return chunk.usage is not None
+
+
+def _event_wants(chunk: Any, call: _Call) -> bool:
+    # Responses API and Anthropic stream events: selected by their type
+    return chunk.type in USAGE_EVENT_TYPES
+
+
+def _is_injected_usage_chunk(chunk: Any) -> bool:
+    # the usage-only chunk that include_usage adds (no choices): hidden from an app that did not ask for it
+    return not _get(chunk, "choices") and _get(chunk, "usage") is not None
+
+
+# -- streams --------------------------------------------------------------------------------------------------
+
+
+class TrackedStream:
+    """A sync stream that yields the SDK's chunks unchanged and publishes the call's one event."""
+
+    def __init__(self, stream: Any, call: _Call, wants: Callable[[Any, _Call], bool] = _wants) -> None:
+        self._stream = stream
+        self._it: Iterator[Any] = iter(stream)
+        self._call = call
+        self._wants = wants
+        self._chunks_append = call.chunks.append
+        self._finalizer = weakref.finalize(self, call.abandon)
+
+    def __iter__(self) -> TrackedStream:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            chunk = next(self._it)
+        except StopIteration:
+            self._end("ok")
+            raise
+        except BaseException as exc:
+            self._end("error", exc)
+            raise
+        self._chunks_append(chunk)
+        if self._wants(chunk, self._call):
+            self._call.observe(chunk)
+            if self._call.hide_usage_chunk and _is_injected_usage_chunk(chunk):
+                return self.__next__()
+        return chunk
+
+    def _end(self, status: str, error: BaseException | None = None) -> None:
+        self._finalizer.detach()
+        self._call.emit(self._call.finish(status, error=error))
+
+    def close(self) -> None:
+        """Stop reading: the call is recorded as aborted unless it had already ended."""
+        if not self._call.done:
+            self._end("aborted")
+        close = getattr(self._stream, "close", None)
+        if callable(close):
+            close()
+
+    def __enter__(self) -> TrackedStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # everything else (response, get_final_completion, ...) is the SDK stream's own
+        return getattr(self._stream, name)
+
+
+class AsyncTrackedStream:
+    """An async stream that yields the SDK's chunks unchanged and publishes the call's one event."""
+
+    def __init__(self, stream: Any, call: _Call, wants: Callable[[Any, _Call], bool] = _wants) -> None:
+        self._stream = stream
+        self._it: AsyncIterator[Any] = stream.__aiter__()
+        self._call = call
+        self._wants = wants
+        self._chunks_append = call.chunks.append
+        self._finalizer = weakref.finalize(self, call.abandon)
+
+    def __aiter__(self) -> AsyncTrackedStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            chunk = await self._it.__anext__()
+        except StopAsyncIteration:
+            await self._end("ok")
+            raise
+        except BaseException as exc:
+            await self._end("aborted" if _is_cancel(exc) else "error", exc)
+            raise
+        self._chunks_append(chunk)
+        if self._wants(chunk, self._call):
+            self._call.observe(chunk)
+            if self._call.hide_usage_chunk and _is_injected_usage_chunk(chunk):
+                return await self.__anext__()
+        return chunk
+
+    async def _end(self, status: str, error: BaseException | None = None) -> None:
+        self._finalizer.detach()
+        await self._call.emit_async(self._call.finish(status, error=error))
+
+    async def aclose(self) -> None:
+        """Stop reading: the call is recorded as aborted unless it had already ended."""
+        if not self._call.done:
+            await self._end("aborted")
+        for name in ("aclose", "close"):
+            close = getattr(self._stream, name, None)
+            if callable(close):
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+                return
+
+    async def close(self) -> None:
+        """The SDKs' name for `aclose()`."""
+        await self.aclose()
+
+    async def __aenter__(self) -> AsyncTrackedStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _is_cancel(exc: BaseException) -> bool:
+    # a cancelled task or a closed generator means the consumer left: aborted, not a provider failure
+    import asyncio  # noqa: PLC0415
+
+    return isinstance(exc, asyncio.CancelledError | GeneratorExit)
+
+
+# -- anthropic messages.stream() / openai *.stream() helpers --------------------------------------------------
+
+
+def _snapshot(stream: Any) -> Any:
+    for name in ("current_message_snapshot", "current_completion_snapshot", "current_snapshot"):
+        # the SDK asserts a snapshot exists: there is none before the first event
+        with contextlib.suppress(Exception):
+            value = getattr(stream, name)
+            if value is not None:
+                return value
+    return None
+
+
+def _finished(snapshot: Any) -> bool:
+    if snapshot is None:
+        return False
+    if _get(snapshot, "stop_reason") is not None:
+        return True
+    status = _get(snapshot, "status")
+    if status in ("completed", "incomplete"):
+        return True
+    return any(_get(c, "finish_reason") is not None for c in (_get(snapshot, "choices") or ()))
+
+
+def _manager_event(call: _Call, stream: Any, exc: BaseException | None) -> UsageEvent | None:
+    snapshot = _snapshot(stream) if stream is not None else None
+    if exc is not None and not _finished(snapshot) and _is_api_error(exc):
+        status = "error"
+    else:
+        status = "ok" if _finished(snapshot) else "aborted"
+    if snapshot is not None and _extract(snapshot, call.provider) is not None:
+        return call.finish(status, error=exc if status == "error" else None, response=snapshot)
+    text = response_text(snapshot) if snapshot is not None else ""
+    return call.finish(status, error=exc if status == "error" else None, text=text)
+
+
+def _is_api_error(exc: BaseException) -> bool:
+    # the SDKs' own errors (APIError, APIConnectionError, ...) mean the call failed; anything else is the app's
+    module = type(exc).__module__.split(".", 1)[0]
+    return module in ("openai", "anthropic", "httpx", "httpcore")
+
+
+class TrackedStreamManager:
+    """Wraps `messages.stream(...)` (and the OpenAI `.stream(...)` helpers): the SDK's own stream object
+    is returned by `with`; the event is published when the block exits, from the stream's snapshot."""
+
+    def __init__(self, manager: Any, call: _Call) -> None:
+        self._manager = manager
+        self._call = call
+        self._stream: Any = None
+
+    def __enter__(self) -> Any:
+        try:
+            self._stream = self._manager.__enter__()
+        except BaseException as exc:
+            self._call.emit(self._call.finish("error", error=exc))
+            raise
+        return self._stream
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Any:
+        try:
+            self._call.emit(_manager_event(self._call, self._stream, exc))
+        finally:
+            result = self._manager.__exit__(exc_type, exc, tb)
+        return result
+
+    async def __aenter__(self) -> Any:
+        try:
+            self._stream = await self._manager.__aenter__()
+        except BaseException as exc:
+            await self._call.emit_async(self._call.finish("error", error=exc))
+            raise
+        return self._stream
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Any:
+        try:
+            await self._call.emit_async(_manager_event(self._call, self._stream, exc))
+        finally:
+            result = await self._manager.__aexit__(exc_type, exc, tb)
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._manager, name)
+
+
+# -- public helpers for streams and responses the app already holds ------------------------------------------
+
+
+def _context(explicit: Mapping[str, Any]) -> CallContext:
+    return current_context().merged(**{k: v for k, v in explicit.items() if k in CONTEXT_KEYS})
+
+
+def track_stream(
+    stream: Any,
+    *,
+    provider: str,
+    model: str | None = None,
+    request: Mapping[str, Any] | None = None,
+    publish: Publish | None = None,
+    started: float | None = None,
+    **context: Any,
+) -> Any:
+    """Wrap a stream the app already holds (an SDK stream or any iterator of chunks, sync or async).
+
+    `request` is the call's keyword arguments (for the model and, without usage, the prompt estimate);
+    `started` is the `time.perf_counter()` of the request, for latency. Context keyword arguments
+    (org_id, user_id, ...) override the `billing_context` in force.
+    """
+    req = dict(request or {})
+    if model is not None:
+        req["model"] = model
+    call = _Call(provider=provider, request=req, context=_context(context), publish=publish, started=started)
+    if hasattr(stream, "__aiter__"):
+        return AsyncTrackedStream(stream, call)
+    return TrackedStream(stream, call)
+
+
+def track_response(
+    response: Any,
+    *,
+    provider: str,
+    model: str | None = None,
+    request: Mapping[str, Any] | None = None,
+    publish: Publish | None = None,
+    started: float | None = None,
+    **context: Any,
+) -> Any:
+    """Publish the event of a whole (non-streamed) response and return the response unchanged."""
+    req = dict(request or {})
+    if model is not None:
+        req["model"] = model
+    call = _Call(provider=provider, request=req, context=_context(context), publish=publish, started=started)
+    call.emit(call.finish("ok", response=response))
+    return response
+
+
+# -- instrument(client) ---------------------------------------------------------------------------------------
+
+_ENDPOINTS: dict[tuple[str, ...], str] = {
+    ("chat", "completions", "create"): "chat",
+    ("responses", "create"): "responses",
+    ("messages", "create"): "messages",
+    ("messages", "stream"): "messages.stream",
+    ("chat", "completions", "stream"): "chat.stream",
+    ("responses", "stream"): "responses.stream",
+    ("beta", "chat", "completions", "stream"): "chat.stream",
+}
+_PREFIXES = {path[:i] for path in _ENDPOINTS for i in range(1, len(path))}
+_CLIENT_COPIERS = frozenset({"with_options", "copy"})
+
+
+def infer_provider(client: Any) -> str:
+    """`anthropic` for an Anthropic client; `openrouter` for an OpenAI client aimed at OpenRouter; else `openai`."""
+    module = type(client).__module__
+    if module.startswith("anthropic"):
+        return "anthropic"
+    base_url = str(getattr(client, "base_url", "") or "")
+    if "openrouter" in base_url:
+        return "openrouter"
+    return "openai"
+
+
+class Instrumented:
+    """A proxy over an SDK client (or one of its resources) whose LLM calls publish usage events."""
+
+    def __init__(
+        self,
+        target: Any,
+        *,
+        provider: str,
+        publish: Publish | None,
+        context: Mapping[str, Any],
+        path: tuple[str, ...] = (),
+    ) -> None:
+        self._target = target
+        self._provider = provider
+        self._publish = publish
+        self._context = dict(context)
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        path = (*self._path, name)
+        endpoint = _ENDPOINTS.get(path)
+        if endpoint is not None and callable(attr):
+            return self._wrap_call(attr, endpoint)
+        if path in _PREFIXES:
+            return Instrumented(attr, provider=self._provider, publish=self._publish, context=self._context, path=path)
+        if not self._path and name in _CLIENT_COPIERS and callable(attr):
+
+            def copier(*args: Any, **kwargs: Any) -> Instrumented:
+                return Instrumented(
+                    attr(*args, **kwargs), provider=self._provider, publish=self._publish, context=self._context
+                )
+
+            return copier
+        return attr
+
+    def __repr__(self) -> str:
+        return f"<usagebill instrumented {self._target!r} provider={self._provider}>"
+
+    def _wrap_call(self, method: Callable[..., Any], endpoint: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            explicit = kwargs.pop("usagebill", None) or {}
+            ctx = _context({**self._context, **dict(explicit)})
+            hide = _prepare(endpoint, self._provider, kwargs)
+            state = _Call(
+                provider=self._provider, request=kwargs, context=ctx, publish=self._publish, hide_usage_chunk=hide
+            )
+            try:
+                result = method(*args, **kwargs)
+            except BaseException as exc:
+                state.emit(state.finish("error", error=exc))
+                raise
+            if endpoint.endswith(".stream"):
+                return TrackedStreamManager(result, state)
+            if inspect.isawaitable(result):
+                return _await_result(result, state, endpoint)
+            return _wrap_result(result, state, endpoint)
+
+        call.__wrapped__ = method  # type: ignore[attr-defined]
+        call.__doc__ = method.__doc__
+        return call
+
+
+def _prepare(endpoint: str, provider: str, kwargs: dict[str, Any]) -> bool:
+    """Ask for usage where the API needs asking. Returns whether the usage chunk is ours to hide."""
+    hide = False
+    if (endpoint == "chat" and kwargs.get("stream")) or endpoint == "chat.stream":
+        options = kwargs.get("stream_options")
+        if not isinstance(options, Mapping) or "include_usage" not in options:
+            kwargs["stream_options"] = {**(options or {}), "include_usage": True}
+            hide = endpoint == "chat"  # the .stream() helper already skips chunks without choices
+    if provider == "openrouter" and endpoint in ("chat", "chat.stream", "responses", "responses.stream"):
+        # OpenRouter's usage accounting: the call's cost comes back in usage.cost
+        extra = dict(kwargs.get("extra_body") or {})
+        usage_opt = extra.get("usage")
+        extra["usage"] = {**(usage_opt if isinstance(usage_opt, Mapping) else {}), "include": True}
+        kwargs["extra_body"] = extra
+    return hide
+
+
+def _select(endpoint: str) -> Callable[[Any, _Call], bool]:
+    if endpoint == "chat":
+        return _chat_wants
+    if endpoint in ("responses", "messages"):
+        return _event_wants
+    return _wants
+
+
+def _is_stream(result: Any) -> bool:
+    return hasattr(result, "__iter__") and hasattr(result, "response") and not hasattr(result, "model_dump")
+
+
+def _wrap_result(result: Any, call: _Call, endpoint: str) -> Any:
+    if _is_stream(result):
+        return TrackedStream(result, call, _select(endpoint))
+    call.emit(call.finish("ok", response=result))
+    return result
+
+
+async def _await_result(awaitable: Awaitable[Any], call: _Call, endpoint: str) -> Any:
+    try:
+        result = await awaitable
+    except BaseException as exc:
+        await call.emit_async(call.finish("aborted" if _is_cancel(exc) else "error", error=exc))
+        raise
+    if hasattr(result, "__aiter__") and not hasattr(result, "model_dump"):
+        return AsyncTrackedStream(result, call, _select(endpoint))
+    await call.emit_async(call.finish("ok", response=result))
+    return result
+
+
+def instrument(client: Any, *, provider: str | None = None, publish: Publish | None = None, **context: Any) -> Any:
+    """Wrap an OpenAI or Anthropic client (sync or async) so each LLM call publishes one usage event.
+
+    >>> client = producer.instrument(openai.OpenAI(), org_id="acme")
+    >>> for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=msgs, stream=True): ...
+
+    `provider` defaults to `infer_provider(client)`; context keyword arguments (org_id, user_id,
+    session_id, request_type, tags) apply to every call, over the `billing_context` in force, and a
+    call may add its own with `usagebill={"user_id": ...}` (removed before the SDK sees it).
+    """
+    unknown = set(context) - set(CONTEXT_KEYS)
+    if unknown:
+        raise TypeError(f"instrument() got unexpected keyword arguments {sorted(unknown)}")
+    return Instrumented(client, provider=provider or infer_provider(client), publish=publish, context=context)
