@@ -1,5 +1,6 @@
 """usagebill's producer: what app code imports to capture LLM usage and publish usage events."""
 
+from producer.asgi import UsageMiddleware
 from producer.build import build_event, new_event_id
 from producer.context import CallContext, billing_context, current_context
 from producer.event import UsageEvent, repair_usage
@@ -13,7 +14,6 @@ from producer.publisher import (
     get_publisher,
     publish_async,
 )
-from producer.asgi import UsageMiddleware
 from producer.sse import track_sse_lines
 from producer.streams import instrument, track_response, track_stream
 from producer.tokens import count_messages, count_prompt, count_text
@@ -26,8 +26,8 @@ __all__ = [
     "PublisherConfig",
     "Usage",
     "UsageAccumulator",
-    "UsageMiddleware",
     "UsageEvent",
+    "UsageMiddleware",
     "billing_context",
     "build_event",
     "configure",
