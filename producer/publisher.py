@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -277,7 +278,7 @@ class Publisher:
         current: list[str] = []
         current_bytes = 0
         for text in texts:
-            n = len(text) + 4  # the quotes and separator it takes inside the job's JSON
+            n = len(json.dumps(text)) + 2  # as the job's JSON carries it: quoted, escaped, plus ", "
             if current and (len(current) >= size or current_bytes + n > max_bytes):
                 batches.append(current)
                 current, current_bytes = [], 0
