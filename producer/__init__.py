@@ -14,6 +14,7 @@ from producer.publisher import (
     get_publisher,
     publish_async,
 )
+from producer.quota import Estimate, QuotaCheck, QuotaClient, QuotaConfig, Reservation, check_quota, release, reserve
 from producer.sse import track_sse_lines
 from producer.streams import instrument, track_response, track_stream
 from producer.tokens import count_messages, count_prompt, count_text
@@ -22,14 +23,20 @@ from producer.usage import Usage
 __all__ = [
     "AsyncPublisher",
     "CallContext",
+    "Estimate",
     "Publisher",
     "PublisherConfig",
+    "QuotaCheck",
+    "QuotaClient",
+    "QuotaConfig",
+    "Reservation",
     "Usage",
     "UsageAccumulator",
     "UsageEvent",
     "UsageMiddleware",
     "billing_context",
     "build_event",
+    "check_quota",
     "configure",
     "count_messages",
     "count_prompt",
@@ -43,7 +50,9 @@ __all__ = [
     "instrument",
     "new_event_id",
     "publish_async",
+    "release",
     "repair_usage",
+    "reserve",
     "track_response",
     "track_sse_lines",
     "track_stream",

@@ -1,0 +1,478 @@
+"""Quotas: limits and their status, threshold alerts recorded in the ingest transaction, and the Redis mirror.
+
+The mirror (key layout in producer/quota.py) holds, per org with a quota, its limits and the absolute
+usage totals of each month read back from Postgres, never deltas: a worker killed between its commit
+and its Redis write, or a re-run that inserted nothing, leaves it right at the next refresh. Each write
+carries a stamp (the xmax of the snapshot that read it; a later snapshot has one at least as large), so
+two workers refreshing out of order cannot move it back. `rebuild_mirror` rebuilds it whole under a
+Redis lock (one rebuilder at a time): at worker start, after a flush (the `ready` key is gone) and when
+`mirror_drift` finds a difference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.rows import class_row
+from redis import Redis
+from redis.exceptions import RedisError
+
+from billing.errors import InputError
+from billing.sqlfiles import query
+from producer.quota import (
+    MONTH_KEY_TTL_MS,
+    NANOS,
+    READY_KEY,
+    field,
+    limits_key,
+    resv_keys,
+    settle,
+    used_key,
+)
+
+logger = logging.getLogger("usagebill.quotas")
+
+KINDS = ("tokens", "money")
+MODES = ("soft", "hard")
+DEFAULT_THRESHOLDS = (Decimal(50), Decimal(80), Decimal(100))
+REBUILD_LOCK = "usagebill:quota:rebuild-lock"
+#: seconds the rebuild lock lives if its holder dies mid-rebuild
+REBUILD_LOCK_TIMEOUT = 120
+
+# Write absolute totals unless the mirror already holds a newer read (larger stamp); at an equal stamp
+# keep the larger value. KEYS: used hash. ARGV: stamp, ttl_ms, field, value, field, value, ...
+_WRITE_USED = """
+local cur = redis.call('HGET', KEYS[1], 'stamp')
+local s = tonumber(ARGV[1])
+if cur and tonumber(cur) > s then return 0 end
+local same = cur and tonumber(cur) == s
+for i = 3, #ARGV, 2 do
+  local v = ARGV[i + 1]
+  if same then
+    local old = redis.call('HGET', KEYS[1], ARGV[i])
+    if old and tonumber(old) > tonumber(v) then v = old end
+  end
+  redis.call('HSET', KEYS[1], ARGV[i], v)
+end
+redis.call('HSET', KEYS[1], 'stamp', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class QuotaStatus:
+    """One quota against the current UTC month (a row of the quota_status view)."""
+
+    quota_id: int
+    org_id: str
+    user_id: str | None
+    kind: str
+    mode: str
+    currency: str | None
+    month: date
+    quota_limit: Decimal
+    used: Decimal
+    remaining: Decimal
+    percent: Decimal
+    exceeded: bool
+    unpriced_tokens: Decimal
+    thresholds: list[Decimal]
+
+    def as_json(self) -> dict[str, Any]:
+        """For scripts: tokens as integers, money as exact decimal strings, percent as a number."""
+
+        def amount(value: Decimal) -> int | str:
+            return int(value) if self.kind == "tokens" else str(value.normalize() if value else Decimal(0))
+
+        return {
+            "quota_id": self.quota_id,
+            "org_id": self.org_id,
+            "user_id": self.user_id,
+            "kind": self.kind,
+            "mode": self.mode,
+            "currency": self.currency,
+            "month": self.month.strftime("%Y-%m"),
+            "used": amount(self.used),
+            "limit": amount(self.quota_limit),
+            "remaining": amount(self.remaining),
+            "percent": float(self.percent),
+            "exceeded": self.exceeded,
+            "unpriced_tokens": int(self.unpriced_tokens),
+            "thresholds": [_plain(t) for t in self.thresholds],
+        }
+
+
+def _plain(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def parse_thresholds(text: str) -> list[Decimal]:
+    """'50,80,100' -> sorted distinct percents, each in (0, 1000]."""
+    try:
+        values = sorted({Decimal(part.strip()) for part in text.split(",") if part.strip()})
+    except ArithmeticError as exc:
+        raise InputError(f"thresholds must be comma-separated percents, got {text!r}") from exc
+    if not values or any(not v.is_finite() or v <= 0 or v > 1000 for v in values):
+        raise InputError(f"thresholds must be percents in (0, 1000], got {text!r}")
+    return values
+
+
+def set_quota(
+    conn: psycopg.Connection[Any],
+    *,
+    org_id: str,
+    kind: str,
+    limit: Decimal,
+    user_id: str | None = None,
+    currency: str | None = None,
+    mode: str = "soft",
+    thresholds: Sequence[Decimal] = DEFAULT_THRESHOLDS,
+    webhook_url: str | None = None,
+    webhook_secret: str | None = None,
+    redis_client: Redis | None = None,
+) -> int:
+    """Create or replace the quota of (org, user, kind); returns its id. Refreshes the org's mirror.
+
+    A money limit is in the org's currency: `currency` defaults to it and must match it.
+    """
+    if kind not in KINDS:
+        raise InputError(f"kind must be tokens or money, got {kind!r}")
+    if mode not in MODES:
+        raise InputError(f"mode must be soft or hard, got {mode!r}")
+    if not org_id:
+        raise InputError("an org id is required")
+    if user_id == "":
+        user_id = None
+    if not limit.is_finite() or limit <= 0:
+        raise InputError(f"a limit must be positive, got {limit}")
+    if kind == "tokens":
+        if limit != limit.to_integral_value():
+            raise InputError(f"a token limit is a whole number, got {limit}")
+        currency = None
+    else:
+        row = conn.execute(query("quotas", "org_currency"), {"org_id": org_id}).fetchone()
+        org_currency = str(row[0]) if row else "USD"
+        currency = (currency or org_currency).upper()
+        if currency != org_currency:
+            raise InputError(
+                f"org {org_id} is billed in {org_currency}: a money limit must be in {org_currency}, not {currency}"
+            )
+    if (webhook_url is None) != (webhook_secret is None):
+        raise InputError("a webhook needs both --webhook URL and --secret")
+    if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
+        raise InputError(f"a webhook URL must be http(s), got {webhook_url!r}")
+    with conn.transaction():
+        row = conn.execute(
+            query("quotas", "upsert_quota"),
+            {
+                "org_id": org_id,
+                "user_id": user_id,
+                "kind": kind,
+                "quota_limit": limit,
+                "currency": currency,
+                "mode": mode,
+                "thresholds": list(thresholds),
+                "webhook_url": webhook_url,
+                "webhook_secret": webhook_secret,
+            },
+        ).fetchone()
+    assert row is not None
+    if redis_client is not None:
+        sync_org(conn, redis_client, org_id)
+    return int(row[0])
+
+
+def delete_quota(
+    conn: psycopg.Connection[Any],
+    *,
+    org_id: str,
+    kind: str,
+    user_id: str | None = None,
+    redis_client: Redis | None = None,
+) -> bool:
+    """Remove a quota (its alerts go with it). Returns whether one existed."""
+    with conn.transaction():
+        row = conn.execute(
+            query("quotas", "delete_quota"), {"org_id": org_id, "user_id": user_id or None, "kind": kind}
+        ).fetchone()
+    if redis_client is not None:
+        sync_org(conn, redis_client, org_id)
+    return row is not None
+
+
+def quota_status(conn: psycopg.Connection[Any], org_id: str | None = None) -> list[QuotaStatus]:
+    """Every quota (of one org) against the current UTC month."""
+    with conn.cursor(row_factory=class_row(QuotaStatus)) as cur:
+        return cur.execute(query("quotas", "quota_status"), {"org_id": org_id}).fetchall()
+
+
+def _pairs(org_months: Iterable[tuple[str, date]]) -> tuple[list[str], list[date]]:
+    unique = sorted({(org, _month_start(month)) for org, month in org_months})
+    return [o for o, _ in unique], [m for _, m in unique]
+
+
+def _month_start(value: date) -> date:
+    return date(value.year, value.month, 1)
+
+
+def record_alerts(conn: psycopg.Connection[Any], org_months: list[tuple[str, date]]) -> None:
+    """Record the threshold crossings of these (org, month) pairs, inside the caller's ingest transaction.
+
+    Call it after the aggregates are written, as the last step before commit, in a READ COMMITTED
+    transaction. It takes a transaction-level advisory lock per (org, month) of orgs with quotas, so
+    concurrent ingest transactions check in turn, each seeing the usage the others committed: a
+    crossing is recorded exactly once (the outbox's unique key), even when two batches make it together.
+    """
+    if not org_months:
+        return
+    org_ids, months = _pairs(org_months)
+    params = {"org_ids": org_ids, "months": months}
+    conn.execute(query("quotas", "lock_org_months"), params)
+    # a new statement, so a new snapshot: it sees what transactions that held the locks before committed
+    conn.execute(query("quotas", "record_alerts"), params)
+
+
+def refresh_mirror(
+    conn: psycopg.Connection[Any],
+    redis_client: Redis,
+    org_months: list[tuple[str, date]],
+    reservation_ids: Iterable[str] = (),
+) -> None:
+    """After commit: write the absolute totals of these (org, month) pairs to the mirror, settle the
+    reservations whose events are now counted, and hand new alerts to the delivery queue.
+
+    Reservations settled: `reservation_ids` if given, plus every active reservation of these orgs (this
+    month and the one before) whose event is in the events table, so a reservation left by a worker
+    killed before this step is settled by the next refresh. The events are looked up before the totals
+    are read, so a reservation is removed only once its usage is in the mirror (for a moment it may count
+    twice: conservative, never zero times).
+
+    Never raises for a Redis or database failure (logged): the next refresh or rebuild repairs the
+    mirror, and an unsettled reservation expires. Rebuilds the whole mirror first when it is gone.
+    """
+    if not org_months:
+        return
+    try:
+        counted = _refresh(conn, redis_client, org_months, reservation_ids)
+        settle(redis_client, counted)
+    except (RedisError, psycopg.Error, OSError) as exc:
+        logger.warning("quota mirror refresh failed (the next refresh or rebuild repairs it): %s", exc)
+    try:
+        from billing.alerts import enqueue_alerts  # noqa: PLC0415 - alerts imports this module
+
+        enqueue_alerts(conn, redis_client, org_months=org_months)
+    except (RedisError, psycopg.Error, OSError) as exc:
+        logger.warning("handing alerts to the delivery queue failed (the sweep re-enqueues them): %s", exc)
+
+
+def _refresh(
+    conn: psycopg.Connection[Any],
+    redis_client: Redis,
+    org_months: list[tuple[str, date]],
+    reservation_ids: Iterable[str],
+) -> list[str]:
+    """Write the totals; return the reservation ids whose events are counted in them."""
+    org_ids, months = _pairs(org_months)
+    pipe = redis_client.pipeline(transaction=False)
+    pipe.exists(READY_KEY)
+    scanned = sorted(
+        {(o, m) for o, m in zip(org_ids, months, strict=True)}
+        | {(o, _previous_month(m)) for o, m in zip(org_ids, months, strict=True)}
+    )
+    for org_id, month in scanned:
+        pipe.zrange(resv_keys(month.strftime("%Y-%m"), org_id)[0], 0, -1)
+    ready, *active = pipe.execute()
+    candidates = sorted({*reservation_ids, *(_s(r) for ids in active for r in ids)})
+    with conn.transaction():
+        # first which reservations are counted, then the totals: a later snapshot, so it includes them
+        counted = (
+            [str(r[0]) for r in conn.execute(query("quotas", "counted_reservations"), {"ids": candidates})]
+            if candidates
+            else []
+        )
+    if not ready:
+        rebuild_mirror(conn, redis_client)  # the current month of every org; this batch's months follow
+    with conn.transaction():
+        rows = conn.execute(query("quotas", "mirror_totals"), {"org_ids": org_ids, "months": months}).fetchall()
+    write_totals(redis_client, rows)
+    return counted
+
+
+def _previous_month(month: date) -> date:
+    return date(month.year - 1, 12, 1) if month.month == 1 else date(month.year, month.month - 1, 1)
+
+
+def write_totals(redis_client: Redis, rows: Sequence[Sequence[Any]]) -> None:
+    """Write mirror_totals rows (org_id, month, user_id, tokens, nanos, stamp), one script per org-month."""
+    grouped: dict[tuple[str, date], tuple[str, list[str]]] = {}
+    for org_id, month, user_id, tokens, nanos, stamp in rows:
+        _, args = grouped.setdefault((org_id, month), (str(stamp), []))
+        args += [field("t", user_id), str(tokens), field("n", user_id), str(nanos)]
+    if not grouped:
+        return
+    script = redis_client.register_script(_WRITE_USED)
+    pipe = redis_client.pipeline(transaction=False)
+    for (org_id, month), (stamp, args) in grouped.items():
+        script(keys=[used_key(month.strftime("%Y-%m"), org_id)], args=[stamp, MONTH_KEY_TTL_MS, *args], client=pipe)
+    pipe.execute()
+
+
+def _limit_fields(rows: Sequence[Sequence[Any]]) -> dict[str, dict[str, str]]:
+    by_org: dict[str, dict[str, str]] = {}
+    for org_id, user_id, kind, mode, units in rows:
+        by_org.setdefault(org_id, {})[field("t" if kind == "tokens" else "n", user_id)] = (
+            f"{'H' if mode == 'hard' else 'S'}{units}"
+        )
+    return by_org
+
+
+def sync_org(conn: psycopg.Connection[Any], redis_client: Redis, org_id: str) -> None:
+    """Bring one org's limits and current-month totals into the mirror (after its quotas changed)."""
+    with conn.transaction():
+        limits = conn.execute(query("quotas", "mirror_limits"), {"org_ids": [org_id]}).fetchall()
+        month = _current_month(conn)
+        totals = conn.execute(query("quotas", "mirror_totals"), {"org_ids": [org_id], "months": [month]}).fetchall()
+    fields = _limit_fields(limits).get(org_id, {})
+    pipe = redis_client.pipeline(transaction=True)
+    pipe.delete(limits_key(org_id))
+    if fields:
+        pipe.hset(limits_key(org_id), mapping=fields)  # type: ignore[arg-type]
+    pipe.execute()
+    write_totals(redis_client, totals)
+
+
+def _current_month(conn: psycopg.Connection[Any]) -> date:
+    row = conn.execute(query("quotas", "current_month")).fetchone()
+    assert row is not None
+    return row[0]  # type: ignore[no-any-return]
+
+
+def rebuild_mirror(conn: psycopg.Connection[Any], redis_client: Redis, *, wait: float | None = None) -> bool:
+    """Rebuild the whole mirror from Postgres (limits of every org with a quota, current-month totals),
+    then mark it ready. One rebuilder at a time (a Redis lock); returns False when another holds it
+    (after waiting up to `wait` seconds)."""
+    lock = redis_client.lock(
+        REBUILD_LOCK, timeout=REBUILD_LOCK_TIMEOUT, blocking=wait is not None, blocking_timeout=wait
+    )
+    if not lock.acquire():
+        return False
+    try:
+        with conn.transaction():
+            month = _current_month(conn)
+            limits = conn.execute(query("quotas", "mirror_limits"), {"org_ids": None}).fetchall()
+            by_org = _limit_fields(limits)
+            org_ids = sorted(by_org)
+            totals = conn.execute(
+                query("quotas", "mirror_totals"), {"org_ids": org_ids, "months": [month] * len(org_ids)}
+            ).fetchall()
+        # limits of orgs whose quotas are gone must go too
+        stale = [
+            k
+            for k in redis_client.scan_iter(match=limits_key("*"), count=1000)
+            if (k.decode() if isinstance(k, bytes) else str(k))[len(limits_key("")) :] not in by_org
+        ]
+        pipe = redis_client.pipeline(transaction=True)
+        if stale:
+            pipe.delete(*stale)
+        for org_id, fields in by_org.items():
+            pipe.delete(limits_key(org_id))
+            pipe.hset(limits_key(org_id), mapping=fields)  # type: ignore[arg-type]
+        pipe.execute()
+        write_totals(redis_client, totals)
+        redis_client.set(READY_KEY, datetime.now(UTC).isoformat())
+        logger.info("quota mirror rebuilt: %d org(s) with quotas, month %s", len(org_ids), month)
+        return True
+    finally:
+        # expired while rebuilding: another rebuilder may have started; its result stands
+        with contextlib.suppress(RedisError):
+            lock.release()
+
+
+@dataclass(frozen=True)
+class Drift:
+    """One mirror value that differs from Postgres (value None: missing from the mirror)."""
+
+    key: str
+    field: str
+    mirror: int | None
+    database: int
+
+
+def mirror_drift(conn: psycopg.Connection[Any], redis_client: Redis) -> list[Drift]:
+    """Compare the mirror with Postgres (limits and current-month totals); empty when they agree or the
+    mirror holds newer reads than this one. A missing `ready` key is reported as drift."""
+    with conn.transaction():
+        month = _current_month(conn)
+        limits = conn.execute(query("quotas", "mirror_limits"), {"org_ids": None}).fetchall()
+        by_org = _limit_fields(limits)
+        org_ids = sorted(by_org)
+        totals = conn.execute(
+            query("quotas", "mirror_totals"), {"org_ids": org_ids, "months": [month] * len(org_ids)}
+        ).fetchall()
+    drift: list[Drift] = []
+    if not redis_client.exists(READY_KEY):
+        drift.append(Drift(READY_KEY, "", None, 1))
+    pipe = redis_client.pipeline(transaction=False)
+    for org_id in org_ids:
+        pipe.hgetall(limits_key(org_id))
+    mirrored = pipe.execute()
+    for org_id, got in zip(org_ids, mirrored, strict=True):
+        have = {_s(k): _s(v) for k, v in got.items()}
+        for f, want in by_org[org_id].items():
+            if have.get(f) != want:
+                drift.append(Drift(limits_key(org_id), f, None, 0))
+    mkey = month.strftime("%Y-%m")
+    pipe = redis_client.pipeline(transaction=False)
+    for row in totals:
+        pipe.hmget(used_key(mkey, row[0]), [field("t", row[2]), field("n", row[2]), "stamp"])
+    for row, (tok, nan, stamp) in zip(totals, pipe.execute(), strict=True):
+        if stamp is not None and int(_s(stamp)) > int(row[5]):
+            continue  # the mirror holds a newer read than ours
+        for f, have_v, want_v in ((field("t", row[2]), tok, row[3]), (field("n", row[2]), nan, row[4])):
+            if have_v is None and int(want_v) == 0:
+                continue
+            if have_v is None or int(_s(have_v)) != int(want_v):
+                drift.append(Drift(used_key(mkey, row[0]), f, None if have_v is None else int(_s(have_v)), int(want_v)))
+    return drift
+
+
+def ensure_mirror(conn: psycopg.Connection[Any], redis_client: Redis) -> bool:
+    """Rebuild the mirror when it is missing or drifted (worker start, periodic check). True if rebuilt."""
+    found = mirror_drift(conn, redis_client)
+    if not found:
+        return False
+    logger.warning("quota mirror drift (%d value(s), e.g. %s): rebuilding", len(found), found[0])
+    return rebuild_mirror(conn, redis_client)
+
+
+def nanos_to_money(value: int) -> Decimal:
+    return Decimal(value) / NANOS
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def set_unpriced_rate(
+    conn: psycopg.Connection[Any], *, input_per_million: Decimal, output_per_million: Decimal, currency: str = "*"
+) -> None:
+    """Set the conservative floor rate that charges unpriced usage against money limits."""
+    if input_per_million < 0 or output_per_million < 0:
+        raise InputError("rates cannot be negative")
+    with conn.transaction():
+        conn.execute(
+            query("quotas", "set_unpriced_rate"),
+            {
+                "currency": currency.upper() if currency != "*" else "*",
+                "input": input_per_million,
+                "output": output_per_million,
+            },
+        )
