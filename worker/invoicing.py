@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
@@ -51,7 +51,9 @@ def ingest_backlog(conn: redis.Redis, queue_names: Iterable[str], before: dateti
                 for job in jobs:
                     if job is None or job.enqueued_at is None or job.func_name != INGEST_FUNC:
                         continue
-                    enqueued = job.enqueued_at.replace(tzinfo=UTC) if job.enqueued_at.tzinfo is None else job.enqueued_at
+                    enqueued = (
+                        job.enqueued_at.replace(tzinfo=UTC) if job.enqueued_at.tzinfo is None else job.enqueued_at
+                    )
                     if enqueued < before:
                         count += 1
                         oldest = enqueued if oldest is None or enqueued < oldest else oldest

@@ -17,14 +17,14 @@ from importlib import import_module
 from typing import Any
 
 import redis
-from rq import Queue
-from rq import cron_job_registry
+from rq import Queue, cron_job_registry
 from rq.cron import CronJob, CronScheduler
 from rq.defaults import DEFAULT_CRON_JOB_HISTORY_LIMIT, DEFAULT_CRON_JOB_HISTORY_TTL
 from rq.serializers import JSONSerializer
 
 from billing.invoices import month_text
 from billing.settings import Settings
+from worker.invoicing import close_due
 
 _log = logging.getLogger(__name__)
 
@@ -52,8 +52,6 @@ PERIODIC_JOBS: tuple[Periodic, ...] = (
 
 def close_due_months() -> list[str]:
     """Periodic job: close every month whose grace period has passed. Returns what it did, for the job result."""
-    from worker.invoicing import close_due  # imported here: the scheduler process itself never closes
-
     done = []
     for result in close_due(Settings(), now=datetime.now(UTC)):
         state = "already closed" if result.already_closed else f"closed, {result.invoices} invoice(s)"
@@ -102,9 +100,7 @@ def build(connection: redis.Redis, queue: str, jobs: tuple[Periodic, ...] = PERI
         if func is None:
             _log.warning("periodic job %s is not available (yet): skipped", spec.func)
             continue
-        job = JsonCronJob(
-            queue_name=queue, func=func, cron=spec.cron, interval=spec.interval, job_timeout=spec.timeout
-        )
+        job = JsonCronJob(queue_name=queue, func=func, cron=spec.cron, interval=spec.interval, job_timeout=spec.timeout)
         scheduler.get_jobs().append(job)  # rq's register() builds a pickling CronJob; ours enqueues JSON
         _log.info("registered %s (%s)", spec.func, spec.cron or f"every {spec.interval} s")
     return scheduler

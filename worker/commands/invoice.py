@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,9 @@ from billing.db import connect, translated
 from billing.errors import InputError
 from billing.invoices import month_text, parse_month
 from billing.reprice import reprice as run_reprice
+from worker import scheduler
 from worker.context import log, settings_from
+from worker.invoicing import close
 
 invoice_app = typer.Typer(help="Close months and export invoices.", no_args_is_help=True)
 
@@ -28,8 +31,6 @@ def close_command(
     ] = False,
 ) -> None:
     """Finalize one invoice per org for the month (numbers, snapshots); exits 0 when already closed."""
-    from worker.invoicing import close
-
     settings = settings_from(ctx)
     result = close(settings, parse_month(month), force=force)
     label = month_text(result.month)
@@ -132,10 +133,6 @@ def reprice_command(
 
 def scheduler_command(ctx: typer.Context) -> None:
     """Run the periodic-job scheduler (month close, alerts, reconcile) until SIGTERM: the Procfile's `scheduler:`."""
-    import logging
-
-    from worker import scheduler
-
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     scheduler.run(settings_from(ctx))
 
