@@ -66,6 +66,8 @@ class IngestResult:
     unpriced: int
     #: (org_id, usage month) of the inserted events: what the quota hooks refresh
     org_months: list[tuple[str, date]] = field(default_factory=list)
+    #: quota reservations settled by the inserted events
+    reservation_ids: list[str] = field(default_factory=list)
 
 
 def test_pause(step: str) -> None:
@@ -138,6 +140,7 @@ def ingest_batch(
         conn.execute(query("ingest", "create_stage"))
         inserted = conflicts = 0
         summary: list[tuple[str, date, int]] = []
+        reservations: list[str] = []
         if parsed.rows:
             with conn.cursor() as cur:
                 with cur.copy(query("ingest", "copy_stage")) as copy:
@@ -156,6 +159,7 @@ def ingest_batch(
                     cur.execute(query("ingest", "insert_events"))
                     aggregates.add(conn, "ingest_new")
                     summary = [(str(o), m, int(n)) for o, m, n in cur.execute(query("ingest", "new_summary"))]
+                    reservations = [str(r) for (r,) in cur.execute(query("ingest", "new_reservations"))]
                 conflicts = int(_scalar(cur.execute(query("ingest", "record_conflicts")).fetchone()))
         if parsed.rejected:
             park(conn, parsed.rejected, job_id=job_id)
@@ -173,6 +177,7 @@ def ingest_batch(
         rejected=len(parsed.rejected),
         unpriced=sum(n for _, _, n in summary),
         org_months=org_months,
+        reservation_ids=reservations,
     )
 
 

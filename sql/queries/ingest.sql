@@ -95,3 +95,7 @@ INSERT INTO rejected_events (event_id, org_id, reason, raw, job_id)
 SELECT event_id, org_id, reason, raw, %(job_id)s
   FROM unnest(%(event_ids)s::text[], %(org_ids)s::text[], %(reasons)s::text[], %(raws)s::text[])
        AS r (event_id, org_id, reason, raw)
+
+-- name: new_reservations
+-- The quota reservations that the inserted events settle (handed to the post-commit mirror refresh).
+SELECT DISTINCT reservation_id FROM ingest_new WHERE reservation_id IS NOT NULL ORDER BY 1

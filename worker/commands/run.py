@@ -2,8 +2,63 @@
 
 from __future__ import annotations
 
+import logging
+
 import typer
+
+from worker import worker as proc
+from worker.context import log, settings_from
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the main app."""
+    app.command("worker")(worker)
+
+
+def worker(
+    ctx: typer.Context,
+    burst: bool = typer.Option(
+        False, "--burst", help="Re-queue abandoned and due jobs, drain the queues, exit 0 (failed jobs on stderr)."
+    ),
+    queues: list[str] = typer.Option(  # noqa: B008 - typer's way to declare a repeatable option
+        [], "--queues", "-q", help="Queue to serve (repeatable). Default: every usagebill queue."
+    ),
+    requeue_failed: bool = typer.Option(
+        False,
+        "--requeue-failed",
+        help="Put the failed (exhausted) jobs back on their queues with fresh retries, then exit.",
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every job."),
+) -> None:
+    """Run an rq worker (non-forking) that ingests event batches. SIGTERM finishes the current batch and exits."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    settings = settings_from(ctx)
+    if requeue_failed:
+        client = proc.redis_client(settings)
+        names = proc.queue_names(client, settings, queues)
+        count = proc.requeue_failed(client, names)
+        log(f"re-queued {count} failed job(s) on {', '.join(names)}")
+        return
+    res = proc.setup(settings)
+    try:
+        names = proc.queue_names(res.redis, settings, queues)
+        w = proc.make_worker(res.redis, names)
+        if burst:
+            recovered = requeued = 0
+            for queue in w.queues:
+                recovered += len(proc.recover_abandoned(queue))
+                requeued += proc.enqueue_due(queue)
+            if recovered or requeued:
+                log(f"re-queued {recovered} abandoned and {requeued} due job(s) before draining")
+        w.work(burst=burst, with_scheduler=not burst, logging_level="INFO" if verbose else "WARNING")
+        if burst:
+            for counts in proc.job_counts(res.redis, names):
+                if counts.failed or counts.scheduled:
+                    log(
+                        f"queue {counts.queue}: {counts.failed} failed job(s) (usagebill worker --requeue-failed), "
+                        f"{counts.scheduled} retry(ies) scheduled"
+                    )
+    finally:
+        proc.close()

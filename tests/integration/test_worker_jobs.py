@@ -1,0 +1,149 @@
+"""The rq ingest job run by the in-process worker: batches, retries, poison splitting, failed jobs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.registry import FailedJobRegistry
+from rq.serializers import JSONSerializer
+
+from billing.settings import Settings
+from producer import jobspec
+from tests.integration.ingest_util import add_rate, assert_consistent, event, text
+from worker import worker as proc
+from worker.jobs import enqueue_batch
+
+
+@pytest.fixture
+def res(settings: Settings) -> Iterator[proc.Resources]:
+    yield proc.setup(settings)
+    proc.close()
+
+
+def _queue(res: proc.Resources) -> Queue:
+    return Queue(res.settings.queue, connection=res.redis, serializer=JSONSerializer)
+
+
+def _drain(res: proc.Resources) -> None:
+    proc.make_worker(res.redis, [res.settings.queue]).work(burst=True, logging_level="WARNING")
+
+
+def test_batches_with_duplicates_across_jobs(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
+    add_rate(conn)
+    docs = [event(f"e{i}", user_id=f"u{i % 7}", input_tokens=100 + i) for i in range(300)]
+    q = _queue(res)
+    jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 50]]) for i in range(0, 300, 50)]
+    jobs.append(enqueue_batch(q, [text(d) for d in docs[::3]]))  # redelivered events, reordered
+    _drain(res)
+    results = [Job.fetch(j.id, connection=res.redis, serializer=JSONSerializer).return_value() for j in jobs]
+    assert sum(r["inserted"] for r in results) == 300
+    assert results[-1]["duplicates"] == 100
+    got = assert_consistent(conn, docs)
+    assert got["cost"] > 0
+    job = Job.fetch(jobs[0].id, connection=res.redis, serializer=JSONSerializer)
+    assert (job.timeout, job.failure_ttl, job.retries_left) == (
+        jobspec.JOB_TIMEOUT,
+        jobspec.FAILURE_TTL,
+        jobspec.RETRY_MAX,
+    )
+
+
+def test_poison_event_is_isolated_by_splitting(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
+    # a valid event the database refuses (a data error): stands for any event-caused failure
+    conn.execute("ALTER TABLE events ADD CONSTRAINT test_poison CHECK (model <> 'poison-model')")
+    docs = [event(f"p{i}") for i in range(13)]
+    poison = event("bad", model="poison-model")
+    batch = [text(d) for d in docs[:6]] + [text(poison)] + [text(d) for d in docs[6:]]
+    enqueue_batch(_queue(res), batch)
+    _drain(res)
+    assert_consistent(conn, docs)
+    rows = conn.execute("SELECT event_id, reason FROM rejected_events").fetchall()
+    assert len(rows) == 1 and rows[0][0] == "bad" and "test_poison" in rows[0][1]
+    failed = FailedJobRegistry(res.settings.queue, connection=res.redis)
+    assert failed.count == 0
+
+
+def test_oversized_batch_is_split(settings: Settings, conn: psycopg.Connection[Any]) -> None:
+    small = settings.model_copy(update={"batch_size": 4})
+    res = proc.setup(small)
+    try:
+        docs = [event(f"s{i}") for i in range(10)]
+        job = enqueue_batch(_queue(res), [text(d) for d in docs])
+        _drain(res)
+        assert "split" in Job.fetch(job.id, connection=res.redis, serializer=JSONSerializer).return_value()
+        assert_consistent(conn, docs)
+    finally:
+        proc.close()
+
+
+def test_exhausted_job_is_kept_counted_and_requeued(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
+    docs = [event(f"f{i}") for i in range(5)]
+    conn.execute("ALTER TABLE usage_daily RENAME TO usage_daily_away")  # not a data error: rq retries it
+    q = _queue(res)
+    job = q.enqueue_call(  # no retries left, to exhaust it at once
+        func=jobspec.INGEST_FUNC, args=([text(d) for d in docs],), failure_ttl=jobspec.FAILURE_TTL
+    )
+    _drain(res)
+    counts = proc.job_counts(res.redis, [q.name])[0]
+    assert (counts.failed, counts.queued, counts.started) == (1, 0, 0)
+    failed = FailedJobRegistry(q.name, connection=res.redis)
+    expires = failed.get_expiration_time(job)
+    assert expires.timestamp() > time.time() + 5 * 365 * 24 * 3600  # kept, not expired after rq's one year
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+    conn.execute("ALTER TABLE usage_daily_away RENAME TO usage_daily")
+    assert proc.requeue_failed(res.redis, [q.name]) == 1
+    _drain(res)
+    assert proc.job_counts(res.redis, [q.name])[0].failed == 0
+    assert_consistent(conn, docs)
+
+
+def test_transient_failure_is_retried_by_rq(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
+    docs = [event(f"t{i}") for i in range(5)]
+    # the job waits on a lock; its backend is terminated (57P01, as in a Postgres restart): transient
+    q = _queue(res)
+    locker = psycopg.connect(res.settings.database_url, autocommit=False)
+    try:
+        locker.execute("LOCK TABLE usage_daily IN ACCESS EXCLUSIVE MODE")
+        job = enqueue_batch(q, [text(d) for d in docs])
+
+        def kill_waiters() -> None:
+            time.sleep(1.0)
+            with psycopg.connect(res.settings.database_url, autocommit=True) as admin:
+                for _ in range(2):  # the job retries once at once on a fresh connection: kill that one too
+                    admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE relation = 'usage_daily'::regclass"
+                        " AND NOT granted"
+                    )
+                    time.sleep(1.0)
+            locker.rollback()
+
+        t = threading.Thread(target=kill_waiters)
+        t.start()
+        _drain(res)
+        t.join()
+    finally:
+        locker.close()
+    j = Job.fetch(job.id, connection=res.redis, serializer=JSONSerializer)
+    assert j.get_status() == "scheduled" and j.retries_left == jobspec.RETRY_MAX - 1
+    time.sleep(jobspec.RETRY_INTERVALS[0] + 0.2)
+    assert proc.enqueue_due(q) == 1
+    _drain(res)
+    assert_consistent(conn, docs)
+
+
+def test_redis_checks_and_queue_discovery(res: proc.Resources, rconn: redis.Redis) -> None:
+    warnings = proc.redis_warnings(res.redis)
+    conf = res.redis.config_get("appendonly")
+    assert (conf.get("appendonly") == "yes") != any("appendonly" in w for w in warnings)
+    enqueue_batch(Queue("usagebill-orgs-1", connection=res.redis, serializer=JSONSerializer), [])
+    enqueue_batch(Queue("other", connection=res.redis, serializer=JSONSerializer), [])
+    assert proc.queue_names(res.redis, res.settings) == ["usagebill", "usagebill-orgs-1"]
+    assert proc.queue_names(res.redis, res.settings, ["x", "x"]) == ["x"]

@@ -1,0 +1,145 @@
+"""The rq ingest job: one job = one batch = one transaction on the worker's pool; done only after commit."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import psycopg
+import redis
+from psycopg_pool import PoolTimeout
+from rq import Queue, Retry, get_current_job
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from billing import ingest
+from billing.db import is_transient
+from billing.errors import InputError, PermanentError, TransientError
+from producer import jobspec
+from worker import worker as proc
+
+log = logging.getLogger("usagebill.jobs")
+
+#: errors that come from the data of a batch: split the batch to isolate the event that causes them
+#: (SQLSTATE classes 22 data exception and 23 integrity violation, invalid input, text that cannot
+#: be encoded). Other errors (a missing table, a bug) are retried by rq, then kept as failed jobs:
+#: splitting would park valid events for a fault of ours.
+DATA_ERRORS: tuple[type[BaseException], ...] = (psycopg.DataError, psycopg.IntegrityError, InputError, ValueError)
+
+
+def enqueue_batch(queue: Queue, events: Sequence[str], *, pipeline: Any = None) -> Job:
+    """Enqueue one ingest job for `events` (each one event's JSON text) with the agreed rq options."""
+    return queue.enqueue_call(
+        func=jobspec.INGEST_FUNC,
+        args=(list(events),),
+        timeout=jobspec.JOB_TIMEOUT,
+        result_ttl=jobspec.RESULT_TTL,
+        failure_ttl=jobspec.FAILURE_TTL,
+        retry=Retry(max=jobspec.RETRY_MAX, interval=list(jobspec.RETRY_INTERVALS)),
+        pipeline=pipeline,
+    )
+
+
+def ingest_batch(events: list[str]) -> dict[str, Any]:
+    """rq job: ingest `events` in one transaction and return its counts once committed.
+
+    Transient failures (database or Redis unreachable, serialization failure, deadlock) are raised
+    so rq's Retry runs the job again later. A failure caused by the data splits the batch in halves,
+    each a new job with its own retries; a single event that still fails is parked in rejected_events
+    with the reason. An oversized batch (events or bytes) is split the same way before it runs.
+    """
+    res = proc.resources()
+    settings = res.settings
+    job = get_current_job()
+    job_id = job.id if job is not None else None
+    size = sum(len(e) for e in events if isinstance(e, str))
+    if len(events) > 1 and (len(events) > settings.batch_size or size > settings.batch_max_bytes):
+        return _split(job, events, f"batch of {len(events)} events / {size} bytes exceeds the bounds")
+    if len(events) == 1 and size > settings.batch_max_bytes:
+        _park(res, events, f"event of {size} bytes exceeds USAGEBILL_BATCH_MAX_BYTES", job_id)
+        return {"received": 1, "rejected": 1, "parked": 1}
+    try:
+        result = _ingest_once(res, events, job_id)
+    except DATA_ERRORS as exc:
+        reason = f"ingest failed: {type(exc).__name__}: {_first_line(exc)}"
+        if len(events) > 1:
+            return _split(job, events, reason)
+        _park(res, events, reason, job_id)
+        return {"received": 1, "rejected": 1, "parked": 1}
+    ingest.test_pause("after_commit")
+    _refresh_mirror(res, result.org_months, result.reservation_ids)
+    out = asdict(result)
+    out["org_months"] = [[org, month.isoformat()] for org, month in result.org_months]
+    return out
+
+
+def _ingest_once(res: proc.Resources, events: list[str], job_id: str | None) -> ingest.IngestResult:
+    # A pooled connection may have died with a Postgres restart: the pool drops it, so try once more
+    # at once on a fresh one before letting rq's Retry (seconds later) take over.
+    for attempt in (1, 2):
+        try:
+            with res.pool.connection() as conn:
+                return ingest.ingest_batch(conn, events, settings=res.settings, job_id=job_id)
+        except (psycopg.Error, PoolTimeout, TransientError) as exc:
+            if not _transient(exc):
+                raise
+            if attempt == 2:
+                raise TransientError(f"transient database failure: {_first_line(exc)}") from exc
+            log.warning("transient database failure, retrying once on a fresh connection: %s", _first_line(exc))
+    raise AssertionError("unreachable")
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, PoolTimeout) or is_transient(exc)
+
+
+def _split(job: Job | None, events: list[str], reason: str) -> dict[str, Any]:
+    """Enqueue the two halves of `events` as new jobs (each with its own retries) on the job's queue."""
+    if job is None:
+        raise PermanentError(f"cannot split a batch outside an rq job: {reason}")
+    queue = Queue(job.origin, connection=job.connection, serializer=JSONSerializer)
+    mid = len(events) // 2
+    try:
+        with job.connection.pipeline() as pipe:
+            halves = [
+                enqueue_batch(queue, events[:mid], pipeline=pipe),
+                enqueue_batch(queue, events[mid:], pipeline=pipe),
+            ]
+            pipe.execute()
+    except redis.RedisError as exc:
+        raise TransientError(f"Redis unreachable while splitting a batch: {exc}") from exc
+    log.warning("split batch of %d events into jobs %s: %s", len(events), [h.id for h in halves], reason)
+    return {"received": len(events), "split": [h.id for h in halves], "reason": reason}
+
+
+def _park(res: proc.Resources, events: list[str], reason: str, job_id: str | None) -> None:
+    """Park a single event that cannot be ingested: rejected_events with the reason (never dropped)."""
+    try:
+        with res.pool.connection() as conn, conn.transaction():
+            ingest.park(conn, [ingest.rejection(0, events[0], reason)], job_id=job_id)
+    except (psycopg.Error, PoolTimeout) as exc:
+        if _transient(exc):
+            raise TransientError(f"transient database failure while parking an event: {_first_line(exc)}") from exc
+        raise
+    log.warning("parked 1 event of job %s: %s", job_id, reason)
+
+
+def _refresh_mirror(res: proc.Resources, org_months: list[Any], reservation_ids: list[str]) -> None:
+    # After commit: the quota mirror is rebuilt from Postgres, so a failure here never fails the job.
+    if not org_months:
+        return
+    hook = ingest.quota_hook("refresh_mirror")
+    if hook is None:
+        return
+    try:
+        with res.pool.connection() as conn:
+            hook(conn, res.redis, org_months, reservation_ids)
+    except Exception as exc:  # logged: the mirror is rebuilt from Postgres later
+        log.warning("quota mirror refresh failed (the job still succeeded): %s", _first_line(exc))
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

@@ -1,0 +1,273 @@
+"""Worker process setup: settings, pool and Redis made once, rq worker class, abandoned-job recovery."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from psycopg_pool import ConnectionPool
+from rq import Queue, SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from billing import migrate
+from billing.db import make_pool
+from billing.errors import ConfigError, RedisUnavailable
+from billing.settings import Settings, redact
+from producer import jobspec
+
+log = logging.getLogger("usagebill.worker")
+
+#: how often a running worker cleans the registries (rq's default is 600 s): a job abandoned by a
+#: dead worker on another host is retried within its started-registry TTL + this interval
+MAINTENANCE_INTERVAL = 30
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a worker process makes once and hands to every job."""
+
+    settings: Settings
+    pool: ConnectionPool
+    redis: redis.Redis
+
+
+_resources: Resources | None = None
+
+
+def setup(settings: Settings) -> Resources:
+    """Validate the configuration and make the pool and the Redis client, once per process.
+
+    Bad configuration fails here, at start: an unreachable database or Redis, a schema with pending
+    migrations. An evicting or non-persistent Redis only warns (DESIGN.md: it can lose queued jobs).
+    """
+    global _resources  # noqa: PLW0603 - the process-wide resources of this worker
+    if _resources is not None:
+        return _resources
+    client = redis_client(settings)
+    for warning in redis_warnings(client):
+        log.warning(warning)
+    pool = make_pool(settings, min_size=1)
+    try:
+        with pool.connection() as conn:
+            migrate.require_current(conn)
+    except Exception:
+        pool.close()
+        raise
+    _resources = Resources(settings=settings, pool=pool, redis=client)
+    return _resources
+
+
+def resources() -> Resources:
+    """The process's resources; made from the environment when a plain rq worker runs our jobs."""
+    return _resources if _resources is not None else setup(Settings())
+
+
+def close() -> None:
+    """Close the pool and the Redis client (at worker exit)."""
+    global _resources  # noqa: PLW0603
+    if _resources is not None:
+        _resources.pool.close()
+        _resources.redis.close()
+        _resources = None
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client, checked with PING so a wrong URL fails at start."""
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, health_check_interval=30)
+        client.ping()
+    except ValueError as exc:
+        raise ConfigError(f"invalid REDIS_URL {redact(settings.redis_url)}: {exc}") from exc
+    except redis.RedisError as exc:
+        raise RedisUnavailable(f"Redis unreachable at {redact(settings.redis_url)}: {exc}") from exc
+    return client
+
+
+def redis_warnings(client: redis.Redis) -> list[str]:
+    """Warnings about a Redis that can lose queued jobs (needs appendonly yes, maxmemory-policy noeviction)."""
+    try:
+        conf: dict[Any, Any] = dict(client.config_get("appendonly"))
+        conf.update(client.config_get("maxmemory-policy"))
+    except redis.ResponseError:  # CONFIG disabled (managed Redis): cannot check
+        return ["cannot read the Redis configuration (CONFIG GET refused): check appendonly and maxmemory-policy"]
+    found = {str(k): str(v) for k, v in conf.items()}
+    warnings = []
+    if found.get("appendonly") != "yes":
+        warnings.append("Redis runs without appendonly: queued events are lost if Redis restarts (set appendonly yes)")
+    if found.get("maxmemory-policy", "noeviction") != "noeviction":
+        warnings.append(
+            f"Redis maxmemory-policy is {found.get('maxmemory-policy')}: it may evict queued jobs (set noeviction)"
+        )
+    return warnings
+
+
+def queue_names(client: redis.Redis, settings: Settings, requested: Sequence[str] = ()) -> list[str]:
+    """The queues to serve: those requested, else every usagebill queue (the configured one and
+    any queue named after it, e.g. `usagebill-orgs-1`)."""
+    if requested:
+        return list(dict.fromkeys(requested))
+    base = settings.queue
+    names = {base}
+    for queue in Queue.all(connection=client, serializer=JSONSerializer):
+        if queue.name.startswith((f"{base}-", f"{base}:", f"{base}.")):
+            names.add(queue.name)
+    return sorted(names)
+
+
+def queues(client: redis.Redis, names: Sequence[str]) -> list[Queue]:
+    return [Queue(name, connection=client, serializer=JSONSerializer) for name in names]
+
+
+class UsagebillWorker(SimpleWorker):
+    """rq's non-forking worker: jobs run in this process and reuse its pool (see docs/worker.md).
+
+    Its maintenance also re-queues jobs abandoned by a dead worker on this host at once, instead of
+    waiting for their started-registry entry to expire.
+    """
+
+    def run_maintenance_tasks(self) -> None:
+        for queue in self.queues:
+            recover_abandoned(queue)
+        super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+
+
+def make_worker(client: redis.Redis, names: Sequence[str]) -> UsagebillWorker:
+    return UsagebillWorker(
+        queues(client, names),
+        connection=client,
+        serializer=JSONSerializer,
+        maintenance_interval=MAINTENANCE_INTERVAL,
+        default_result_ttl=jobspec.RESULT_TTL,
+    )
+
+
+def _worker_dead(client: redis.Redis, worker_name: str) -> bool:
+    if not worker_name:
+        return False
+    hostname, pid = client.hmget(f"rq:worker:{worker_name}", ["hostname", "pid"])
+    if hostname is None and pid is None:
+        return True  # its registration expired (worker_ttl) or was removed: nobody runs the job
+    if hostname is None or _text(hostname) != socket.gethostname() or pid is None:
+        return False  # another host: only its started-registry TTL tells
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def recover_abandoned(queue: Queue) -> list[str]:
+    """Re-queue now the jobs of `queue` whose worker is dead or whose started entry expired.
+
+    rq alone would leave them in the started registry until their TTL (job timeout + 60 s after the
+    last heartbeat), then schedule the retry. Each recovery uses one of the job's retries; a job
+    with none left goes to the failed registry (kept for FAILURE_TTL, re-queueable). Returns the ids.
+    """
+    client = queue.connection
+    registry = StartedJobRegistry(queue.name, connection=client, serializer=JSONSerializer)
+    expired = {registry.parse_job_id(e) for e in registry.get_expired_job_ids()}
+    recovered: list[str] = []
+    for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+        worker_name = client.hget(f"rq:execution:{job_id}:{execution_id}", "worker_name")
+        dead = worker_name is None or _worker_dead(client, _text(worker_name))
+        if not dead and job_id not in expired:
+            continue
+        client.zrem(registry.key, f"{job_id}:{execution_id}")
+        try:
+            job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
+        except NoSuchJobError:  # the job hash expired: nothing left to run
+            log.warning("abandoned job %s has no data left; dropped from the started registry", job_id)
+            continue
+        if job.retries_left:
+            job.retries_left -= 1
+            queue.enqueue_job(job)
+            log.warning("re-queued job %s abandoned by a dead worker (%s retries left)", job_id, job.retries_left)
+        else:
+            job.set_status(JobStatus.FAILED)
+            FailedJobRegistry(queue.name, connection=client, serializer=JSONSerializer).add(
+                job, ttl=job.failure_ttl, exc_string="abandoned: its worker died and it has no retries left"
+            )
+            log.warning("job %s abandoned with no retries left: moved to the failed registry", job_id)
+        recovered.append(job_id)
+    return recovered
+
+
+def enqueue_due(queue: Queue) -> int:
+    """Enqueue the scheduled jobs (retries) of `queue` that are due now. Returns how many."""
+    registry = ScheduledJobRegistry(  # type: ignore[no-untyped-call]
+        queue.name, connection=queue.connection, serializer=JSONSerializer
+    )
+    job_ids = registry.get_jobs_to_schedule()
+    count = 0
+    for job_id in job_ids:
+        try:
+            job = Job.fetch(job_id, connection=queue.connection, serializer=JSONSerializer)
+        except NoSuchJobError:  # expired job data
+            registry.remove(job_id)
+            continue
+        registry.remove(job)
+        queue.enqueue_job(job)
+        count += 1
+    return count
+
+
+@dataclass(frozen=True)
+class JobCounts:
+    """Jobs of one queue by state (for `usagebill status`)."""
+
+    queue: str
+    queued: int
+    started: int
+    scheduled: int
+    failed: int
+
+
+def job_counts(client: redis.Redis, names: Sequence[str]) -> list[JobCounts]:
+    """Queued, started, scheduled (retries waiting) and failed (exhausted, kept) jobs per queue."""
+    out = []
+    for q in queues(client, names):
+        out.append(
+            JobCounts(
+                queue=q.name,
+                queued=q.count,
+                started=StartedJobRegistry(q.name, connection=client).get_job_count(cleanup=False),
+                scheduled=ScheduledJobRegistry(  # type: ignore[no-untyped-call]
+                    q.name, connection=client
+                ).get_job_count(cleanup=False),
+                failed=FailedJobRegistry(q.name, connection=client).get_job_count(cleanup=False),
+            )
+        )
+    return out
+
+
+def requeue_failed(client: redis.Redis, names: Sequence[str]) -> int:
+    """Put every failed (exhausted) job of these queues back on its queue, with fresh retries."""
+    count = 0
+    for q in queues(client, names):
+        registry = FailedJobRegistry(q.name, connection=client, serializer=JSONSerializer)
+        for job_id in registry.get_job_ids(cleanup=False):
+            try:
+                job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
+            except NoSuchJobError:  # its data expired: nothing to run
+                registry.remove(job_id)
+                continue
+            job.retries_left = jobspec.RETRY_MAX
+            job.retry_intervals = list(jobspec.RETRY_INTERVALS)
+            job.save()
+            registry.requeue(job)
+            count += 1
+    return count
