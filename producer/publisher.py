@@ -249,6 +249,10 @@ class Publisher:
             thread.join(timeout)
         if self._buffer:  # the flush timed out: whatever is left still goes to disk
             self._spool_texts(self._take_all(), "closing")
+        if self._spool.pending and self._probe():
+            # one last chance to hand this process's spool to Redis; if it fails the files stay for a replay
+            with contextlib.suppress(Exception):
+                self.replay()
         self._spool.close()
         if self.dropped:
             logger.warning("usagebill publisher closed: %d events were dropped (buffer full)", self.dropped)
@@ -344,6 +348,8 @@ class Publisher:
             return
         self.spooled += len(texts)
         self._replay_wanted = True
+        if self._thread is None and not self._closed:
+            self._start_thread()  # it probes Redis and replays the spool once Redis answers again
 
     def _take(self, max_count: int) -> list[str]:
         out: list[str] = []

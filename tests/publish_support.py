@@ -15,8 +15,7 @@ import redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
-from producer import Usage, UsageEvent, build_event
-from producer import jobspec
+from producer import Usage, UsageEvent, build_event, jobspec
 
 
 def free_port() -> int:

@@ -18,7 +18,9 @@ USAGEBILL = [sys.executable, "-m", "worker.cli"]
 
 
 def usagebill(args: list[str], env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*USAGEBILL, *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [*USAGEBILL, *args], check=False, env=env, input=stdin, capture_output=True, text=True, timeout=60
+    )
 
 
 def good_lines(n: int, start: int = 0) -> list[str]:
@@ -87,9 +89,7 @@ def test_importing_a_file_twice_publishes_the_same_event_ids(
     assert ids_first == ids_second == [f"ev_pub_{i:06d}" for i in range(30)]
 
 
-def test_ingest_cuts_the_file_into_bounded_batches(
-    cli_env: dict[str, str], tmp_path: Path, rconn: redis.Redis
-) -> None:
+def test_ingest_cuts_the_file_into_bounded_batches(cli_env: dict[str, str], tmp_path: Path, rconn: redis.Redis) -> None:
     path = tmp_path / "many.jsonl"
     path.write_text("\n".join(good_lines(25)) + "\n")
     result = usagebill(["ingest", str(path)], {**cli_env, "USAGEBILL_BATCH_SIZE": "10"})
