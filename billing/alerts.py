@@ -35,6 +35,7 @@ from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
 from billing.db import connect
+from billing.quotas import plain_decimal
 from billing.settings import Settings
 from billing.sqlfiles import query
 from producer import jobspec
@@ -106,7 +107,7 @@ def alert_body(row: dict[str, Any], sent_at: int) -> bytes:
     """The exact bytes posted (and signed) for an alert."""
 
     def num(value: Decimal | None) -> str | None:
-        return None if value is None else str(value.normalize() if value else Decimal(0))
+        return None if value is None else plain_decimal(value)
 
     percent = (row["used"] * 100 / row["quota_limit"]).quantize(Decimal("0.01"))
     payload = {
@@ -194,3 +195,14 @@ def deliver_alert(alert_id: int) -> bool:
     """rq job: deliver one alert (settings from the worker's environment)."""
     with connect(Settings(), autocommit=True) as conn:
         return deliver(conn, alert_id)
+
+
+def deliver_pending() -> int:
+    """Periodic job (the scheduler's): re-enqueue undelivered alerts never handed over or stuck."""
+    settings = Settings()
+    client = Redis.from_url(settings.redis_url)
+    try:
+        with connect(settings, autocommit=True) as conn:
+            return sweep_alerts(conn, client, settings.queue)
+    finally:
+        client.close()

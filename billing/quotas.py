@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
-from psycopg.rows import class_row
+from psycopg.rows import class_row, dict_row
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -90,7 +90,7 @@ class QuotaStatus:
         """For scripts: tokens as integers, money as exact decimal strings, percent as a number."""
 
         def amount(value: Decimal) -> int | str:
-            return int(value) if self.kind == "tokens" else str(value.normalize() if value else Decimal(0))
+            return int(value) if self.kind == "tokens" else plain_decimal(value)
 
         return {
             "quota_id": self.quota_id,
@@ -108,6 +108,12 @@ class QuotaStatus:
             "unpriced_tokens": int(self.unpriced_tokens),
             "thresholds": [_plain(t) for t in self.thresholds],
         }
+
+
+def plain_decimal(value: Decimal) -> str:
+    """An exact decimal string without exponent or trailing zeros: 250, 0.004375."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _plain(value: Decimal) -> int | float:
@@ -476,3 +482,9 @@ def set_unpriced_rate(
                 "output": output_per_million,
             },
         )
+
+
+def list_alerts(conn: psycopg.Connection[Any], org_id: str | None = None) -> list[dict[str, Any]]:
+    """The alerts outbox (of one org), oldest first: what fired and whether it was delivered."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query("quotas", "alerts_list"), {"org_id": org_id}).fetchall()
