@@ -282,7 +282,7 @@ class _Call:
         if event is None:
             return
         try:
-            (self.publish or default_publish)(event)
+            (default_publish if self.publish is None else self.publish)(event)
         except Exception:
             logger.exception("usagebill: publishing a usage event failed")
 
