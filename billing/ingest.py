@@ -23,10 +23,12 @@ from producer.event import UsageEvent
 
 #: test-only: `USAGEBILL_TEST_PAUSE_AT=<step>` makes the ingest job block at that step (before_tx,
 #: in_tx, after_commit) so a test can SIGKILL the worker at a known point; with
-#: `USAGEBILL_TEST_PAUSE_MARKER=<path>` it first creates that file. Never set it in production.
+#: `USAGEBILL_TEST_PAUSE_MARKER=<path>` it first creates that file; with
+#: `USAGEBILL_TEST_PAUSE_SECONDS=<n>` it goes on after n seconds. Never set them in production.
 PAUSE_STEPS = ("before_tx", "in_tx", "after_commit")
 _PAUSE_AT = os.environ.get("USAGEBILL_TEST_PAUSE_AT", "")
 _PAUSE_MARKER = os.environ.get("USAGEBILL_TEST_PAUSE_MARKER", "")
+_PAUSE_SECONDS = float(os.environ.get("USAGEBILL_TEST_PAUSE_SECONDS", "0") or 0)
 
 
 class _Incoming(UsageEvent):
@@ -71,7 +73,7 @@ class IngestResult:
 
 
 def test_pause(step: str) -> None:
-    """Test-only: block for good at `step` when USAGEBILL_TEST_PAUSE_AT names it (see PAUSE_STEPS)."""
+    """Test-only: block at `step` when USAGEBILL_TEST_PAUSE_AT names it (see PAUSE_STEPS)."""
     if step != _PAUSE_AT:
         return
     if _PAUSE_MARKER:
@@ -79,6 +81,9 @@ def test_pause(step: str) -> None:
             marker.write(f"{os.getpid()} {step}\n")
     sys.stderr.write(f"usagebill: test pause at {step} (pid {os.getpid()})\n")
     sys.stderr.flush()
+    if _PAUSE_SECONDS > 0:
+        time.sleep(_PAUSE_SECONDS)
+        return
     while True:
         time.sleep(3600)
 
