@@ -43,38 +43,40 @@ _XAI_TICKS_EXP: Final = -10  # xAI: 1 USD = 10^10 ticks
 # --- reading dicts and SDK objects alike -------------------------------------------------------
 
 
-def _model_view(obj: BaseModel) -> Mapping[str, Any]:
-    # pydantic v2 keeps declared fields in __dict__ and undeclared ones (openai/anthropic models
-    # allow extras: x_groq, cost, prompt_cache_hit_tokens, ...) in __pydantic_extra__.
-    extra = obj.__pydantic_extra__
-    return {**obj.__dict__, **extra} if extra else obj.__dict__
+_MAPPING, _MODEL, _OTHER = 1, 2, 3
+_KINDS: dict[type, int] = {dict: _MAPPING}
 
 
-def _mapping_view(obj: Any) -> Mapping[str, Any]:
-    return obj  # type: ignore[no-any-return]
-
-
-def _no_view(obj: Any) -> None:
-    return None
-
-
-_VIEWERS: dict[type, Callable[[Any], Mapping[str, Any] | None]] = {dict: _mapping_view}
+def _kind(cls: type) -> int:
+    kind = _KINDS.get(cls)
+    if kind is None:
+        # isinstance against ABCs (pydantic's metaclass is one) is slow: decide once per type.
+        kind = _MODEL if issubclass(cls, BaseModel) else _MAPPING if issubclass(cls, Mapping) else _OTHER
+        _KINDS[cls] = kind
+    return kind
 
 
 def _view(obj: Any) -> Mapping[str, Any] | None:
     """`obj` as a read-only mapping of its fields, or None when it is neither a mapping nor a model."""
     cls = type(obj)
-    viewer = _VIEWERS.get(cls)
-    if viewer is None:
-        # isinstance against ABCs is slow: decide once per type.
-        if issubclass(cls, BaseModel):
-            viewer = _model_view
-        elif issubclass(cls, Mapping):
-            viewer = _mapping_view
-        else:
-            viewer = _no_view
-        _VIEWERS[cls] = viewer
-    return viewer(obj)
+    kind = _KINDS.get(cls) or _kind(cls)
+    if kind == _MODEL:
+        # pydantic v2 keeps declared fields in __dict__ and undeclared ones (openai/anthropic models
+        # allow extras: x_groq, cost, prompt_cache_hit_tokens, ...) in __pydantic_extra__.
+        extra = obj.__pydantic_extra__
+        return {**obj.__dict__, **extra} if extra else obj.__dict__
+    return obj if kind == _MAPPING else None
+
+
+def _chunk_view(obj: Any) -> Mapping[str, Any] | None:
+    """`_view` for the hot path: a model's extras (`obfuscation`, ...) are merged only when they matter."""
+    cls = type(obj)
+    if (_KINDS.get(cls) or _kind(cls)) == _MODEL:
+        extra = obj.__pydantic_extra__
+        if extra and not _CHUNK_KEYS.isdisjoint(extra):
+            return {**obj.__dict__, **extra}
+        return obj.__dict__  # type: ignore[no-any-return]
+    return _view(obj)
 
 
 def _m(obj: Any) -> Mapping[str, Any]:
@@ -345,7 +347,8 @@ def _probe_choices(acc: UsageAccumulator, d: Mapping[str, Any], choices: Any) ->
     # Moonshot/Kimi streams put usage inside choices[0] of the finishing chunk.
     if type(choices) is not list or not choices:
         return False
-    usage = _m(choices[0]).get("usage")
+    first = choices[0]
+    usage = first.get("usage") if type(first) is dict else _m(first).get("usage")
     return usage is not None and acc._found(_parse(usage, acc._xai), None, None)
 
 
@@ -440,10 +443,44 @@ _ALIASES: Final[Mapping[str, str]] = {
     "llama-cpp": "llamacpp",
 }
 
-_ALL_PROBES: Final[tuple[tuple[str, _Probe], ...]] = tuple(_PROBES.items())
-_PROBES_BY_PROVIDER: Final[dict[str, tuple[tuple[str, _Probe], ...]]] = {
-    name: tuple((key, _PROBES[key]) for key in spec.probes) for name, spec in PROVIDERS.items()
-}
+_Probes = tuple[tuple[str, _Probe], ...]
+
+
+def _probes(keys: tuple[str, ...]) -> _Probes:
+    return tuple((key, _PROBES[key]) for key in keys)
+
+
+_ALL_PROBES: Final[_Probes] = tuple(_PROBES.items())
+_PROBES_BY_PROVIDER: Final[dict[str, _Probes]] = {name: _probes(spec.probes) for name, spec in PROVIDERS.items()}
+
+#: Without a hint, the first chunk's shape tells the API family, and so the few places its usage can
+#: be: (a key the family's chunks carry, the probes for it). Checked in order; no match: every probe.
+_FAMILIES: Final[tuple[tuple[str, _Probes], ...]] = (
+    ("choices", _probes(("usage", "choices", "x_groq"))),  # Chat Completions and every compatible server
+    ("type", _probes(("usage", "message", "response"))),  # Anthropic Messages and Responses API events
+    ("candidates", _probes(("usageMetadata", "usage_metadata"))),  # Gemini / Vertex
+    ("usageMetadata", _probes(("usageMetadata",))),
+    ("usage_metadata", _probes(("usage_metadata",))),
+    ("Response", _probes(("Response", "Usage"))),  # Hunyuan API 3.0
+    ("Choices", _probes(("Usage",))),  # Hunyuan SSE events
+    ("done", _probes(("eval_count", "prompt_eval_count"))),  # Ollama native
+    ("output", _probes(("usage",))),  # Responses object, DashScope native, Bedrock Converse
+    ("contentBlockDelta", _probes(("metadata",))),  # Bedrock ConverseStream events
+    ("messageStart", _probes(("metadata",))),
+)
+
+
+#: every top-level key `add` reads
+_CHUNK_KEYS: Final = frozenset(
+    [*_PROBES, *(key for key, _ in _FAMILIES), "model", "service_tier", "modelVersion", "model_version"]
+)
+
+
+def _family(d: Mapping[str, Any]) -> _Probes | None:
+    for key, probes in _FAMILIES:
+        if key in d:
+            return probes
+    return None
 
 
 def canonical_provider(name: str | None) -> str | None:
@@ -471,7 +508,8 @@ class UsageAccumulator:
 
     def __init__(self, provider: str | None = None) -> None:
         self.provider = canonical_provider(provider)
-        self._probes = _PROBES_BY_PROVIDER[self.provider] if self.provider else _ALL_PROBES
+        #: None until the first chunk tells the family (no hint); then only that family's probes run
+        self._probes: _Probes | None = _PROBES_BY_PROVIDER[self.provider] if self.provider else None
         self._xai = self.provider is not None and PROVIDERS[self.provider].xai
         self._counts: _Counts | None = None
         self._usage: Usage | None = None
@@ -481,7 +519,7 @@ class UsageAccumulator:
 
     def add(self, chunk: Any) -> None:
         """Take one chunk (dict or SDK object). Never raises; anything unrecognized is ignored."""
-        d = chunk if type(chunk) is dict else _view(chunk)
+        d = chunk if type(chunk) is dict else _chunk_view(chunk)
         if not d:
             return
         model = d.get("model")
@@ -489,9 +527,17 @@ class UsageAccumulator:
             self._model = model
         tier = d.get("service_tier")
         if tier is not None:
-            self._note(None, tier)
+            if type(tier) is str:
+                self._tier = tier or self._tier
+            else:
+                self._note(None, tier)
+        probes = self._probes
+        if probes is None:
+            probes = self._probes = _family(d)
+            if probes is None:
+                probes = _ALL_PROBES  # not known yet: look everywhere, decide on a later chunk
         # The cheap part: a dict lookup per usage-bearing key; only a chunk that has one is parsed.
-        for key, probe in self._probes:
+        for key, probe in probes:
             value = d.get(key)
             if value is not None and probe(self, d, value):
                 return
