@@ -11,7 +11,8 @@
 
 -- name: cells
 WITH keys AS MATERIALIZED (
-    SELECT b.org_id, b.provider, b.model, b.tier, b.max_at, coalesce(o.currency, 'USD') AS currency
+    SELECT row_number() OVER () AS k, b.org_id, b.provider, b.model, b.tier, b.max_at,
+           coalesce(o.currency, 'USD') AS currency
     FROM (SELECT t.org_id, t.provider, t.model, coalesce(t.service_tier, '') AS tier, max(t.occurred_at) AS max_at
           FROM {table} AS t
           GROUP BY 1, 2, 3, 4) AS b
@@ -20,8 +21,7 @@ WITH keys AS MATERIALIZED (
 -- every rate row that could price some event of a key (1: in force by the key's latest event, in the
 -- org's currency; 2: public or this org's; model exact or prefix), in any tier
 cand AS MATERIALIZED (
-    SELECT k.org_id, k.provider, k.model, k.tier, k.currency,
-           r.rate_id, (r.org_id IS NOT NULL) AS custom, coalesce(r.service_tier, '') = k.tier AS tier_ok,
+    SELECT k.k, r.rate_id, (r.org_id IS NOT NULL) AS custom, coalesce(r.service_tier, '') = k.tier AS tier_ok,
            NOT r.is_pattern AS exact, length(r.model_prefix) AS plen, r.min_input_tokens, r.effective_from,
            r.price_input, r.price_cached_input, r.price_cache_write, r.price_cache_write_1h,
            r.price_output, r.price_reasoning
@@ -34,82 +34,86 @@ cand AS MATERIALIZED (
      AND r.model_prefix = CASE WHEN r.is_pattern THEN left(k.model, length(r.model_prefix)) ELSE k.model END
 ),
 -- 2: from when the org's custom rows take over for this model (any tier, any threshold)
-custom AS (
-    SELECT org_id, provider, model, tier, min(effective_from) AS since
-    FROM cand
-    WHERE custom
-    GROUP BY 1, 2, 3, 4
+custom AS MATERIALIZED (
+    SELECT k, min(effective_from) AS since FROM cand WHERE custom GROUP BY k
 ),
 -- the instants at which the winner of a key may change
 bounds AS (
-    SELECT org_id, provider, model, tier, effective_from AS at FROM cand WHERE tier_ok
+    SELECT k, effective_from AS at FROM cand WHERE tier_ok
     UNION
-    SELECT org_id, provider, model, tier, since FROM custom
+    SELECT k, since FROM custom
     UNION
-    SELECT k.org_id, k.provider, k.model, k.tier, a.effective_from
+    SELECT k.k, a.effective_from
     FROM keys AS k
     JOIN org_adjustments AS a ON a.org_id = k.org_id AND a.effective_from <= k.max_at
 ),
 epochs AS (
-    SELECT org_id, provider, model, tier, at AS from_at,
-           coalesce(lead(at) OVER (PARTITION BY org_id, provider, model, tier ORDER BY at),
-                    'infinity'::timestamptz) AS to_at
+    SELECT k, at AS from_at, coalesce(lead(at) OVER (PARTITION BY k ORDER BY at), 'infinity'::timestamptz) AS to_at
     FROM bounds
 ),
 -- the input sizes at which the winner may change (long-context thresholds)
 steps AS (
-    SELECT org_id, provider, model, tier, lo,
-           coalesce(lead(lo) OVER (PARTITION BY org_id, provider, model, tier ORDER BY lo) - 1,
-                    9223372036854775807) AS hi
-    FROM (SELECT org_id, provider, model, tier, min_input_tokens AS lo FROM cand WHERE tier_ok
+    SELECT k, lo, coalesce(lead(lo) OVER (PARTITION BY k ORDER BY lo) - 1, 9223372036854775807) AS hi
+    FROM (SELECT k, min_input_tokens AS lo FROM cand WHERE tier_ok
           UNION
-          SELECT org_id, provider, model, tier, 0 FROM keys) AS s
+          SELECT k, 0 FROM keys) AS s
 ),
-cells AS (
-    SELECT e.org_id, e.provider, e.model, e.tier, e.from_at, e.to_at, s.lo, s.hi,
-           w.currency, w.rate_id, w.custom, adj.percent AS adjustment_pct,
-           -- 100 + pct then * 0.01: exact (numeric multiplication never rounds, a division might)
-           coalesce((100 + adj.percent) * 0.01, 1) AS factor,
-           w.price_input, w.price_cached_input, w.price_cache_write, w.price_cache_write_1h,
-           w.price_output, w.price_reasoning
+grid AS (
+    SELECT e.k, e.from_at, e.to_at, s.lo, s.hi, coalesce(cu.since <= e.from_at, false) AS use_custom
     FROM epochs AS e
-    JOIN steps AS s USING (org_id, provider, model, tier)
-    LEFT JOIN custom AS cu USING (org_id, provider, model, tier)
-    CROSS JOIN LATERAL (
-        SELECT c.*
-        FROM cand AS c
-        WHERE c.org_id = e.org_id AND c.provider = e.provider AND c.model = e.model AND c.tier = e.tier
-          AND c.tier_ok                                                   -- 3: the event's tier
-          AND c.effective_from <= e.from_at                               -- 1: in force
-          AND c.custom = (cu.since IS NOT NULL AND cu.since <= e.from_at) -- 2: custom over public
-          AND c.min_input_tokens <= s.lo                                  -- 5: threshold reached
-        ORDER BY c.exact DESC,                                            -- 4: exact, longest prefix
-                 c.plen DESC,
-                 c.min_input_tokens DESC,                                 -- 5: largest threshold
-                 c.effective_from DESC                                    -- 6: latest
-        LIMIT 1
-    ) AS w
+    JOIN steps AS s USING (k)
+    LEFT JOIN custom AS cu USING (k)
+),
+-- the winner of each cell: a hash join on the key, then the order of steps 4-6 (not a per-cell scan)
+cells AS MATERIALIZED (
+    SELECT DISTINCT ON (g.k, g.from_at, g.lo)
+           g.k, g.from_at, g.to_at, g.lo, g.hi, c.rate_id, c.custom,
+           c.price_input, c.price_cached_input, c.price_cache_write, c.price_cache_write_1h,
+           c.price_output, c.price_reasoning
+    FROM grid AS g
+    JOIN cand AS c
+      ON c.k = g.k
+     AND c.tier_ok                            -- 3: the event's tier
+     AND c.effective_from <= g.from_at        -- 1: in force
+     AND c.custom = g.use_custom              -- 2: custom over public
+     AND c.min_input_tokens <= g.lo           -- 5: threshold reached
+    ORDER BY g.k, g.from_at, g.lo,
+             c.exact DESC,                    -- 4: exact, then the longest prefix
+             c.plen DESC,
+             c.min_input_tokens DESC,         -- 5: the largest threshold
+             c.effective_from DESC            -- 6: the latest
+),
+applied AS MATERIALIZED (
+    -- unit prices as applied: fallbacks, then the org's adjustment (public rows only). `* 0.01` and
+    -- `* 0.000001` rather than divisions: numeric multiplication is exact, a division may round.
+    SELECT k.org_id, k.provider, k.model, k.tier, k.currency, c.from_at, c.to_at, c.lo, c.hi, c.rate_id,
+           adj.percent AS adjustment_pct, p.*,
+           p.p_input * 0.000001 AS u_input, p.p_cached_input * 0.000001 AS u_cached_input,
+           p.p_cache_write * 0.000001 AS u_cache_write, p.p_cache_write_1h * 0.000001 AS u_cache_write_1h,
+           p.p_output * 0.000001 AS u_output, p.p_reasoning * 0.000001 AS u_reasoning
+    FROM cells AS c
+    JOIN keys AS k USING (k)
     LEFT JOIN LATERAL (
         SELECT a.percent
         FROM org_adjustments AS a
-        WHERE a.org_id = e.org_id AND a.effective_from <= e.from_at
+        WHERE a.org_id = k.org_id AND a.effective_from <= c.from_at
         ORDER BY a.effective_from DESC
         LIMIT 1
-    ) AS adj ON NOT w.custom
-),
-applied AS (
-    -- unit prices as applied: fallbacks, then the org's adjustment (public rows only)
-    SELECT org_id, provider, model, tier, from_at, to_at, lo, hi, currency, rate_id, adjustment_pct,
-           price_input * factor                                                      AS p_input,
-           coalesce(price_cached_input, price_input) * factor                        AS p_cached_input,
-           coalesce(price_cache_write, price_input) * factor                         AS p_cache_write,
-           coalesce(price_cache_write_1h, price_cache_write, price_input) * factor   AS p_cache_write_1h,
-           price_output * factor                                                     AS p_output,
-           coalesce(price_reasoning, price_output) * factor                          AS p_reasoning
-    FROM cells
+    ) AS adj ON NOT c.custom
+    CROSS JOIN LATERAL (SELECT coalesce((100 + adj.percent) * 0.01, 1) AS f) AS f
+    CROSS JOIN LATERAL (
+        SELECT c.price_input * f.f                                                          AS p_input,
+               coalesce(c.price_cached_input, c.price_input) * f.f                          AS p_cached_input,
+               coalesce(c.price_cache_write, c.price_input) * f.f                           AS p_cache_write,
+               coalesce(c.price_cache_write_1h, c.price_cache_write, c.price_input) * f.f   AS p_cache_write_1h,
+               c.price_output * f.f                                                         AS p_output,
+               coalesce(c.price_reasoning, c.price_output) * f.f                            AS p_reasoning
+    ) AS p
 )
 
 -- name: price_update
+-- u_* are per-token prices, so a cost is one exact multiplication; a zero quantity costs 0 without one
+-- (most events have no cache writes or reasoning).
 UPDATE {table} AS t
 SET currency             = a.currency,
     rate_id              = a.rate_id,
@@ -120,19 +124,23 @@ SET currency             = a.currency,
     price_cache_write_1h = a.p_cache_write_1h,
     price_output         = a.p_output,
     price_reasoning      = a.p_reasoning,
-    -- quantity * price / 1e6, written as * 0.000001 so the result is exact (never rounded)
-    cost_input           = (t.input_tokens - t.cached_input_tokens - t.cache_write_tokens) * a.p_input * 0.000001,
-    cost_cached_input    = t.cached_input_tokens * a.p_cached_input * 0.000001,
-    cost_cache_write     = (t.cache_write_tokens - t.cache_write_1h_tokens) * a.p_cache_write * 0.000001,
-    cost_cache_write_1h  = t.cache_write_1h_tokens * a.p_cache_write_1h * 0.000001,
-    cost_output          = (t.output_tokens - t.reasoning_tokens) * a.p_output * 0.000001,
-    cost_reasoning       = t.reasoning_tokens * a.p_reasoning * 0.000001,
-    cost_total           = ((t.input_tokens - t.cached_input_tokens - t.cache_write_tokens) * a.p_input
-                            + t.cached_input_tokens * a.p_cached_input
-                            + (t.cache_write_tokens - t.cache_write_1h_tokens) * a.p_cache_write
-                            + t.cache_write_1h_tokens * a.p_cache_write_1h
-                            + (t.output_tokens - t.reasoning_tokens) * a.p_output
-                            + t.reasoning_tokens * a.p_reasoning) * 0.000001,
+    cost_input           = (t.input_tokens - t.cached_input_tokens - t.cache_write_tokens) * a.u_input,
+    cost_cached_input    = CASE WHEN t.cached_input_tokens = 0 THEN 0
+                                ELSE t.cached_input_tokens * a.u_cached_input END,
+    cost_cache_write     = CASE WHEN t.cache_write_tokens = 0 THEN 0
+                                ELSE (t.cache_write_tokens - t.cache_write_1h_tokens) * a.u_cache_write END,
+    cost_cache_write_1h  = CASE WHEN t.cache_write_1h_tokens = 0 THEN 0
+                                ELSE t.cache_write_1h_tokens * a.u_cache_write_1h END,
+    cost_output          = (t.output_tokens - t.reasoning_tokens) * a.u_output,
+    cost_reasoning       = CASE WHEN t.reasoning_tokens = 0 THEN 0 ELSE t.reasoning_tokens * a.u_reasoning END,
+    cost_total           = (t.input_tokens - t.cached_input_tokens - t.cache_write_tokens) * a.u_input
+                           + (t.output_tokens - t.reasoning_tokens) * a.u_output
+                           + CASE WHEN t.cached_input_tokens = 0 THEN 0
+                                  ELSE t.cached_input_tokens * a.u_cached_input END
+                           + CASE WHEN t.cache_write_tokens = 0 THEN 0
+                                  ELSE (t.cache_write_tokens - t.cache_write_1h_tokens) * a.u_cache_write
+                                       + t.cache_write_1h_tokens * a.u_cache_write_1h END
+                           + CASE WHEN t.reasoning_tokens = 0 THEN 0 ELSE t.reasoning_tokens * a.u_reasoning END,
     priced_at            = now()
 FROM applied AS a
 WHERE a.org_id = t.org_id
