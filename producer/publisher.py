@@ -39,7 +39,7 @@ from rq.serializers import JSONSerializer
 
 from producer import jobspec
 from producer.event import UsageEvent
-from producer.spool import ReplayReport, Spool, replay_dir
+from producer.spool import ReplayReport, Spool, destination_tag, replay_dir
 
 logger = logging.getLogger("usagebill.producer")
 
@@ -120,6 +120,8 @@ class Publisher:
         base = config if config is not None else PublisherConfig()
         self.config = base.model_copy(update=overrides) if overrides else base
         self.spool_dir = Path(self.config.spool_dir).expanduser()
+        #: names this publisher's spool files: automatic replay takes only files meant for the same Redis and queue
+        self.destination = destination_tag(self.config.redis_url, self.config.queue)
         self._closed = False
         self._init_state()
         _live.add(self)
@@ -144,7 +146,7 @@ class Publisher:
         self._breaker = _Breaker(self.config.breaker_open_seconds)
         self._redis: Redis | None = None
         self._queue: Queue | None = None
-        self._spool = Spool(self.spool_dir)
+        self._spool = Spool(self.spool_dir, self.destination)
         self._last_drop_log = 0.0
         self._retry = Retry(max=jobspec.RETRY_MAX, interval=list(jobspec.RETRY_INTERVALS))
 
@@ -227,10 +229,14 @@ class Publisher:
         redis, _ = self._connection()
         redis.ping()
 
-    def replay(self) -> ReplayReport:
-        """Replay the spool directory now (this process's file included), if Redis answers."""
+    def replay(self, all_destinations: bool = False) -> ReplayReport:
+        """Replay the spool directory now (this process's file included) into this publisher's queue.
+
+        Only files spooled for this publisher's Redis and queue, unless `all_destinations` (what
+        `usagebill spool replay` does: its user names the Redis).
+        """
         self._spool.seal()
-        report = replay_dir(self.spool_dir, self.enqueue)
+        report = replay_dir(self.spool_dir, self.enqueue, tag=None if all_destinations else self.destination)
         self.replayed += report.events
         if report.failed_files:
             self._breaker.failed()
@@ -340,9 +346,9 @@ class Publisher:
                 return
         self._spool_texts(texts, "Redis unavailable")
 
-    def _spool_texts(self, texts: list[str], why: str) -> None:
+    def _spool_texts(self, texts: list[str], why: str, timeout: float = -1) -> None:
         try:
-            self._spool.append(texts)
+            self._spool.append(texts, timeout)
         except Exception as exc:
             self._count_drop(len(texts), f"{why} and the spool refused them ({exc})")
             return
@@ -448,8 +454,9 @@ def _flush_all(timeout: float | None = None) -> None:
         try:
             pub.flush(pub.config.exit_flush_timeout if timeout is None else timeout)
             if pub._buffer:  # timed out: keep them on disk rather than lose them
-                pub._spool_texts(pub._take_all(), "exiting")
-            pub._spool.seal()
+                # bounded waits: in a signal handler the lock may belong to the very code we interrupted
+                pub._spool_texts(pub._take_all(), "exiting", timeout=1.0)
+            pub._spool.seal(timeout=1.0)
         except Exception:
             logger.exception("usagebill: flush at exit failed")
 

@@ -1,19 +1,23 @@
 """The producer's durable spool: one append-only JSONL file per process, fsync'd, replayed into Redis later.
 
-Layout: every file in the spool directory named `spool-<pid>-<token>.jsonl` holds one event's JSON text
-per line, exactly as it would have been published. A writer creates its file under a hidden temporary
-name, takes an exclusive `flock` on it and only then renames it into place, so a replayer never sees
-a file whose writer does not hold the lock yet. A replayer takes each file's lock without blocking:
-a live writer's file is skipped, never stolen. A file is removed only after all its events were
-enqueued; a replay that fails part-way leaves it in place, and the event ids make the next replay
-safe. A torn last line (a crash in the middle of a write, never fsync'd, so never accepted) is
-reported and skipped.
+Layout: every file in the spool directory named `spool-<dest>-<pid>-<token>.jsonl` holds one event's JSON
+text per line, exactly as it would have been published; `<dest>` is a short hash of the Redis and
+queue the events were meant for, so a publisher's automatic replay only takes files of its own
+destination when apps aimed at different Redis servers share the default directory.
+
+A writer creates its file under a hidden temporary name, takes an exclusive `flock` on it and only
+then renames it into place, so a replayer never sees a file whose writer does not hold the lock yet.
+A replayer takes each file's lock without blocking: a live writer's file is skipped, never stolen.
+A file is removed only after all its events were enqueued; a replay that fails part-way leaves it
+in place, and the event ids make the next replay safe. A torn last line (a crash in the middle of a
+write, never fsync'd, so never accepted) is reported and skipped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +26,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 logger = logging.getLogger("usagebill.producer")
 
@@ -56,11 +61,22 @@ class ReplayReport:
         }
 
 
+def destination_tag(redis_url: str, queue: str) -> str:
+    """A short, password-free name for where events go: host, port, db and queue."""
+    try:
+        parts = urlsplit(redis_url)
+        where = f"{(parts.hostname or 'localhost').lower()}:{parts.port or 6379}/{parts.path.strip('/') or '0'}"
+    except ValueError:  # an unparseable URL fails at connect time; its files still get a stable name
+        where = redis_url
+    return hashlib.sha256(f"{where}|{queue}".encode()).hexdigest()[:8]
+
+
 class Spool:
     """This process's spool file: opened lazily, locked for the file's life, appended with fsync."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], tag: str = "any") -> None:
         self.directory = Path(directory).expanduser()
+        self.tag = tag
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._path: Path | None = None
@@ -71,12 +87,18 @@ class Spool:
         """The current file, if one is open."""
         return self._path
 
-    def append(self, texts: Sequence[str]) -> None:
-        """Write the events as lines in one write, then fsync. Raises OSError if the disk refuses."""
+    def append(self, texts: Sequence[str], timeout: float = -1) -> None:
+        """Write the events as lines in one write, then fsync. Raises OSError if the disk refuses.
+
+        `timeout` bounds the wait for the file (a signal handler must not wait for the very code it
+        interrupted); TimeoutError when it expires.
+        """
         if not texts:
             return
         data = "".join(t + "\n" for t in texts).encode()
-        with self._lock:
+        if not self._lock.acquire(timeout=timeout):
+            raise TimeoutError("spool file busy")
+        try:
             fd = self._open()
             view = memoryview(data)
             while view:
@@ -84,11 +106,17 @@ class Spool:
                 view = view[written:]
             os.fsync(fd)
             self.pending += len(texts)
+        finally:
+            self._lock.release()
 
-    def seal(self) -> Path | None:
+    def seal(self, timeout: float = -1) -> Path | None:
         """Close the current file (its lock goes with it) so a replay can take it; the next append starts a new one."""
-        with self._lock:
+        if not self._lock.acquire(timeout=timeout):
+            return None
+        try:
             return self._close()
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         self.seal()
@@ -109,7 +137,7 @@ class Spool:
         if self._fd is not None:
             return self._fd
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        name = f"{os.getpid()}-{secrets.token_hex(6)}{SPOOL_SUFFIX}"
+        name = f"{self.tag}-{os.getpid()}-{secrets.token_hex(6)}{SPOOL_SUFFIX}"
         tmp = self.directory / f"{_TMP_PREFIX}{name}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         try:
@@ -144,12 +172,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def spool_files(directory: str | os.PathLike[str]) -> list[Path]:
-    """The spool files in a directory, oldest first."""
+def spool_files(directory: str | os.PathLike[str], tag: str | None = None) -> list[Path]:
+    """The spool files in a directory (only those of one destination tag if given), oldest first."""
     root = Path(directory).expanduser()
     if not root.is_dir():
         return []
-    files = [p for p in root.iterdir() if p.name.startswith(SPOOL_PREFIX) and p.name.endswith(SPOOL_SUFFIX)]
+    prefix = SPOOL_PREFIX if tag is None else f"{SPOOL_PREFIX}{tag}-"
+    files = [p for p in root.iterdir() if p.name.startswith(prefix) and p.name.endswith(SPOOL_SUFFIX)]
     return sorted(files, key=_mtime)
 
 
@@ -202,16 +231,15 @@ def _locked(path: Path) -> Iterator[int | None]:
         os.close(fd)
 
 
-def replay_dir(directory: str | os.PathLike[str], send: SendFn, *, exclude: Path | None = None) -> ReplayReport:
-    """Replay every unlocked spool file in the directory through `send`, removing each once sent.
+def replay_dir(directory: str | os.PathLike[str], send: SendFn, *, tag: str | None = None) -> ReplayReport:
+    """Replay every unlocked spool file in the directory (of one destination tag if given) through `send`,
+    removing each once sent.
 
     `send` raises when Redis refuses; the file is then kept for a later replay and the replay stops
     (the other files would fail the same way).
     """
     report = ReplayReport()
-    for path in spool_files(directory):
-        if exclude is not None and path == exclude:
-            continue
+    for path in spool_files(directory, tag):
         with _locked(path) as fd:
             if fd is None:
                 if path.exists():

@@ -201,3 +201,32 @@ def test_async_publish_keeps_redis_io_off_the_event_loop(server: RedisServer, tm
         pub.publisher.close()
     assert pub.publisher.spooled == 3
     assert worst_gap < 0.15, f"the event loop stalled {worst_gap * 1000:.0f} ms"  # ...but not on the loop
+
+
+@pytest.mark.slow
+def test_spooled_events_are_replayed_when_redis_returns_without_further_publishing(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    pub = Publisher(
+        redis_url=server.url,
+        mode="direct",
+        flush_interval=0.1,
+        breaker_open_seconds=0.2,
+        connect_timeout=0.5,
+        socket_timeout=0.5,
+        spool_dir=str(spool),
+        handle_sigterm=False,
+    )
+    try:
+        server.stop()
+        for i in range(10):
+            pub.publish(event(i))
+        assert pub.spooled == 10
+        server.start()
+        # the app publishes nothing more: the publisher's thread notices Redis is back on its own
+        assert wait_for(lambda: pub.replayed == 10 and not spool_files(spool))
+        ids = queued_event_ids(server.client())
+    finally:
+        pub.close()
+    assert sorted(ids) == [f"ev_pub_{i:06d}" for i in range(10)]

@@ -81,7 +81,7 @@ def test_fork_gives_the_child_its_own_spool_file(tmp_path: Path) -> None:
         assert len(files) == 2
         assert parent_file in files
         child_file = next(f for f in files if f != parent_file)
-        assert f"spool-{pid}-" in child_file.name
+        assert child_file.name.startswith(f"spool-{pub.destination}-{pid}-")
         assert child_file.read_text() == event(2).model_dump_json() + "\n"
         # the child's exit did not release the parent's lock: the parent's file is still its own
         with parent_file.open("rb") as fh, pytest.raises(BlockingIOError):

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from producer import Publisher
-from producer.spool import Spool, spool_files
+from producer.spool import Spool, destination_tag, spool_files
 from tests.publish_support import event, queued_event_ids
 
 pytestmark = pytest.mark.redis
@@ -46,8 +46,8 @@ def test_replay_skips_a_torn_last_line_and_removes_the_file(
     spool = tmp_path / "spool"
     lines = [event(i).model_dump_json() for i in range(3)]
     torn = event(3).model_dump_json()[:57]  # a crash in the middle of a write
-    path = write_spool_file(spool, "spool-4242-deadbeef0000.jsonl", lines, tail=torn)
     pub = make(pubs, redis_url, spool)
+    path = write_spool_file(spool, f"spool-{pub.destination}-4242-deadbeef0000.jsonl", lines, tail=torn)
     report = pub.replay()
     assert report.as_dict() == {
         "files": 1,
@@ -66,8 +66,10 @@ def test_replay_reports_a_corrupt_line_and_keeps_the_others(
     pubs: list[Publisher], redis_url: str, tmp_path: Path, rconn: redis.Redis
 ) -> None:
     spool = tmp_path / "spool"
-    write_spool_file(spool, "spool-1-aa.jsonl", [event(1).model_dump_json(), "{not json", event(2).model_dump_json()])
-    report = make(pubs, redis_url, spool).replay()
+    pub = make(pubs, redis_url, spool)
+    texts = [event(1).model_dump_json(), "{not json", event(2).model_dump_json()]
+    write_spool_file(spool, f"spool-{pub.destination}-1-aa.jsonl", texts)
+    report = pub.replay()
     assert (report.events, report.bad_lines, report.files) == (2, 1, 1)
     assert queued_event_ids(rconn) == ["ev_pub_000001", "ev_pub_000002"]
 
@@ -82,8 +84,7 @@ def test_each_process_writes_its_own_locked_file(pubs: list[Publisher], tmp_path
     assert pa is not None
     assert pb is not None
     assert pa != pb
-    assert str(os.getpid()) in pa.name
-    assert pa.name.startswith("spool-")
+    assert pa.name.startswith(f"spool-{a.destination}-{os.getpid()}-")
     assert pa.name.endswith(".jsonl")
     assert sorted(spool_files(spool)) == sorted([pa, pb])
     with pa.open("rb") as fh, pytest.raises(BlockingIOError):
@@ -100,13 +101,13 @@ def test_replay_never_takes_a_live_writers_file(
     live = writer._spool.path
     assert live is not None
     replayer = make(pubs, redis_url, spool)
-    report = replayer.replay()
+    report = replayer.replay(all_destinations=True)
     assert (report.locked_files, report.events) == (1, 0)
     assert live.exists()
     assert queued_event_ids(rconn) == []
     writer.publish(event(3))  # the writer still appends to its file
     writer.close()  # releases the file
-    report = replayer.replay()
+    report = replayer.replay(all_destinations=True)
     assert (report.files, report.events, report.locked_files) == (1, 3, 0)
     assert queued_event_ids(rconn) == ["ev_pub_000001", "ev_pub_000002", "ev_pub_000003"]
     assert spool_files(spool) == []
@@ -114,8 +115,9 @@ def test_replay_never_takes_a_live_writers_file(
 
 def test_a_failed_replay_keeps_the_file(pubs: list[Publisher], tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    path = write_spool_file(spool, "spool-7-bb.jsonl", [event(1).model_dump_json()])
-    report = make(pubs, DEAD_REDIS, spool).replay()
+    pub = make(pubs, DEAD_REDIS, spool)
+    path = write_spool_file(spool, f"spool-{pub.destination}-7-bb.jsonl", [event(1).model_dump_json()])
+    report = pub.replay()
     assert (report.failed_files, report.files, report.events) == (1, 0, 0)
     assert path.exists()
     assert path.read_text() == event(1).model_dump_json() + "\n"
@@ -133,3 +135,30 @@ def test_spool_appends_whole_lines(tmp_path: Path) -> None:
     spool.append(["d"])
     assert spool.path not in (None, path)  # a sealed file is never appended again
     spool.close()
+
+
+def test_automatic_replay_takes_only_files_meant_for_its_own_redis_and_queue(
+    pubs: list[Publisher], redis_url: str, tmp_path: Path, rconn: redis.Redis
+) -> None:
+    spool = tmp_path / "spool"
+    other_queue = make(pubs, DEAD_REDIS, spool, queue="another_app")
+    other_queue.publish(event(1))
+    other_queue.close()
+    same = make(pubs, DEAD_REDIS, spool)
+    same.publish(event(2))
+    same.close()
+    pub = make(pubs, redis_url, spool)
+    assert same.destination != other_queue.destination
+    report = pub.replay()
+    # DEAD_REDIS is another server: none of these files is this publisher's to send
+    assert (report.files, report.events) == (0, 0)
+    assert len(spool_files(spool)) == 2
+    report = pub.replay(all_destinations=True)  # what `usagebill spool replay` does
+    assert (report.files, report.events) == (2, 2)
+    assert sorted(queued_event_ids(rconn)) == ["ev_pub_000001", "ev_pub_000002"]
+
+
+def test_destination_tag_ignores_credentials_and_defaults() -> None:
+    assert destination_tag("redis://127.0.0.1:6379/0", "q") == destination_tag("redis://:pw@127.0.0.1", "q")
+    assert destination_tag("redis://127.0.0.1:6379/0", "q") != destination_tag("redis://127.0.0.1:6379/1", "q")
+    assert destination_tag("redis://127.0.0.1:6379/0", "q") != destination_tag("redis://127.0.0.1:6379/0", "r")

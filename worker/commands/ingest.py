@@ -150,12 +150,12 @@ def spool_replay(
     ctx: typer.Context,
     directory: str | None = typer.Option(None, "--dir", help="Spool directory (default: USAGEBILL_SPOOL_DIR)."),
 ) -> None:
-    """Enqueue the events of every spool file no live process holds, then remove those files."""
+    """Enqueue the events of every spool file no live process holds into REDIS_URL, then remove those files."""
     settings = settings_from(ctx)
     pub = cli_publisher(settings, spool_dir=directory)
     _require_redis(pub)
     try:
-        report = pub.replay()
+        report = pub.replay(all_destinations=True)
     finally:
         pub.close()
     if report.locked_files:
