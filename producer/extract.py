@@ -4,12 +4,14 @@ Two layers, both small tables rather than an if-chain:
 
 * **probes** locate usage in one response or chunk: the top-level key a provider puts it under
   (`usage`, `response.usage`, `message.usage`, `usageMetadata`, `x_groq.usage`, `choices[0].usage`,
-  `Usage`, `metadata.usage`, Ollama's `eval_count`, ...). A provider hint picks that provider's
-  probes; no hint (or an unknown one) tries them all, which is how shapes are recognized.
+  `Usage`, `metadata.usage`, Ollama's `eval_count`, ...). The first chunk's keys tell the API
+  family, so only that family's few probes run on the rest of a stream.
 * **shapes** parse the usage object found, recognized by its count keys (`prompt_tokens`,
   `input_tokens`, `inputTokens`, `PromptTokens`, `promptTokenCount`, `prompt_token_count`).
 
-The mapping per provider is ../shared/provider-corpus/README.md. Extraction reports what the
+A provider hint (PROVIDERS: canonical ids and aliases) changes how counts are read where providers
+disagree (xAI's completion_tokens exclude reasoning); it never narrows where usage is looked for.
+An unknown hint is no hint. The mapping per provider is ../shared/provider-corpus/README.md. Extraction reports what the
 provider said; the repair rule applies only when usage becomes an event. No usage is `None`,
 never zeros. Payloads may be dicts (JSON, SSE data) or SDK objects (pydantic models of openai,
 anthropic, google-genai, ...): those are read through their attribute dicts, never dumped.
@@ -177,7 +179,8 @@ def _chat(u: Mapping[str, Any], prompt: int | None, completion: int | None, xai:
     reasoning = _first_int(ctd.get("reasoning_tokens"), u.get("reasoning_tokens")) or 0
     ticks = _int(u.get("cost_in_usd_ticks"))
     if not xai:
-        # xAI's marks: cost in ticks / sources count, or a total that only adds up with reasoning on top.
+        # No hint needed with xAI's marks: cost in ticks, a sources count, or a total that only adds up
+        # with reasoning on top.
         total = _int(u.get("total_tokens"))
         xai = (
             ticks is not None or "num_sources_used" in u or (reasoning > 0 and total == prompt + completion + reasoning)
@@ -304,11 +307,13 @@ _Probe = Callable[["UsageAccumulator", Mapping[str, Any], Any], bool]
 
 def _probe_usage(acc: UsageAccumulator, d: Mapping[str, Any], usage: Any) -> bool:
     # OpenAI-compatible `usage`, Responses/Anthropic/DashScope/Bedrock non-stream `usage`, Anthropic message_delta.
+    # The tier: Anthropic's usage.service_tier, Bedrock Converse's serviceTier {"type": ...}.
+    tier = _m(usage).get("service_tier") or d.get("serviceTier")
     if d.get("type") == "message_delta":
         # Cumulative, and wins field by field over message_start (which may be missing).
         merged = {**(acc._anthropic or {}), **_present(usage)}
-        return acc._found(_parse(merged, acc._xai), None, _m(usage).get("service_tier"), anthropic=merged)
-    return acc._found(_parse(usage, acc._xai), None, _m(usage).get("service_tier"))
+        return acc._found(_parse(merged, acc._xai), None, tier, anthropic=merged)
+    return acc._found(_parse(usage, acc._xai), None, tier)
 
 
 def _probe_response(acc: UsageAccumulator, d: Mapping[str, Any], response: Any) -> bool:
@@ -330,17 +335,28 @@ def _probe_message(acc: UsageAccumulator, d: Mapping[str, Any], message: Any) ->
 
 def _probe_usage_metadata(acc: UsageAccumulator, d: Mapping[str, Any], meta: Any) -> bool:
     m = _m(meta)
-    model = d.get("modelVersion") or d.get("model_version")
-    return acc._found(_parse(m, acc._xai), model, m.get("serviceTier") or m.get("service_tier"))
+    return acc._found(_parse(m, acc._xai), None, m.get("serviceTier") or m.get("service_tier"))
+
+
+def _probe_model_version(acc: UsageAccumulator, d: Mapping[str, Any], version: Any) -> bool:
+    # Gemini names the model `modelVersion`: noted, never usage.
+    acc._note(version, None)
+    return False
 
 
 def _probe_nested(key: str) -> _Probe:
-    """Usage one level down: `x_groq.usage`, Bedrock stream `metadata.usage`, Hunyuan `Response.Usage`."""
+    """Usage one level down: `x_groq.usage`, Hunyuan `Response.Usage`."""
 
     def probe(acc: UsageAccumulator, d: Mapping[str, Any], outer: Any) -> bool:
         return acc._found(_parse(_m(outer).get(key), acc._xai), None, None)
 
     return probe
+
+
+def _probe_metadata(acc: UsageAccumulator, d: Mapping[str, Any], metadata: Any) -> bool:
+    # Bedrock ConverseStream's closing `metadata` event: usage, metrics, serviceTier.
+    m = _m(metadata)
+    return acc._found(_parse(m.get("usage"), acc._xai), None, m.get("serviceTier"))
 
 
 def _probe_choices(acc: UsageAccumulator, d: Mapping[str, Any], choices: Any) -> bool:
@@ -367,11 +383,13 @@ _PROBES: Final[dict[str, _Probe]] = {
     "message": _probe_message,
     "usageMetadata": _probe_usage_metadata,
     "usage_metadata": _probe_usage_metadata,
+    "modelVersion": _probe_model_version,
+    "model_version": _probe_model_version,
     "x_groq": _probe_nested("usage"),
     "choices": _probe_choices,
     "Usage": _probe_direct,
     "Response": _probe_nested("Usage"),
-    "metadata": _probe_nested("usage"),
+    "metadata": _probe_metadata,
     "eval_count": _probe_self,
     "prompt_eval_count": _probe_self,
 }
@@ -379,37 +397,42 @@ _PROBES: Final[dict[str, _Probe]] = {
 
 @dataclass(frozen=True, slots=True)
 class _Provider:
-    probes: tuple[str, ...]
-    #: usage in chat shape follows xAI: completion_tokens exclude reasoning
+    """What a provider hint changes: how chat-shaped counts are read.
+
+    A hint never narrows where usage is looked for: nearly every provider also serves an
+    OpenAI-compatible endpoint (Gemini, Anthropic, Bedrock, Vertex, Ollama, ...), and a hint that hid
+    `usage` there would turn a reported usage into an estimate. The chunk's shape decides that.
+    """
+
+    #: xAI: completion_tokens exclude reasoning (README of the provider corpus)
     xai: bool = False
 
 
-_OPENAI_COMPATIBLE: Final = _Provider(("usage",))
-_WITH_RESPONSES: Final = _Provider(("usage", "response"))
+_STANDARD: Final = _Provider()
 
-#: the canonical provider ids and where each puts its usage (README of the provider corpus)
+#: the canonical provider ids accepted as hints (where each reports usage: ../shared/provider-corpus)
 PROVIDERS: Final[Mapping[str, _Provider]] = {
-    "openai": _WITH_RESPONSES,
-    "azure": _WITH_RESPONSES,
-    "anthropic": _Provider(("usage", "message")),
-    "gemini": _Provider(("usageMetadata", "usage_metadata")),
-    "vertex": _Provider(("usageMetadata", "usage_metadata", "usage", "message")),  # Claude on Vertex too
-    "bedrock": _Provider(("usage", "metadata", "message")),  # Converse(Stream); InvokeModel with Claude
-    "deepseek": _OPENAI_COMPATIBLE,
-    "qwen": _OPENAI_COMPATIBLE,  # compatible mode and native DashScope both use top-level usage
-    "moonshot": _Provider(("usage", "choices")),
-    "hunyuan": _Provider(("Response", "Usage", "usage")),
-    "mistral": _OPENAI_COMPATIBLE,
-    "groq": _Provider(("usage", "x_groq", "response")),
-    "xai": _Provider(("usage", "response"), xai=True),
-    "openrouter": _WITH_RESPONSES,
-    "perplexity": _OPENAI_COMPATIBLE,
-    "zai": _OPENAI_COMPATIBLE,
-    "avian": _OPENAI_COMPATIBLE,
-    "huggingface": _OPENAI_COMPATIBLE,
-    "vllm": _OPENAI_COMPATIBLE,
-    "llamacpp": _OPENAI_COMPATIBLE,
-    "ollama": _Provider(("eval_count", "prompt_eval_count", "usage")),
+    "openai": _STANDARD,
+    "azure": _STANDARD,
+    "anthropic": _STANDARD,
+    "gemini": _STANDARD,
+    "vertex": _STANDARD,
+    "bedrock": _STANDARD,
+    "deepseek": _STANDARD,
+    "qwen": _STANDARD,
+    "moonshot": _STANDARD,
+    "hunyuan": _STANDARD,
+    "mistral": _STANDARD,
+    "groq": _STANDARD,
+    "xai": _Provider(xai=True),
+    "openrouter": _STANDARD,
+    "perplexity": _STANDARD,
+    "zai": _STANDARD,
+    "avian": _STANDARD,
+    "huggingface": _STANDARD,
+    "vllm": _STANDARD,
+    "llamacpp": _STANDARD,
+    "ollama": _STANDARD,
 }
 
 #: other names seen for the same providers
@@ -451,16 +474,16 @@ def _probes(keys: tuple[str, ...]) -> _Probes:
 
 
 _ALL_PROBES: Final[_Probes] = tuple(_PROBES.items())
-_PROBES_BY_PROVIDER: Final[dict[str, _Probes]] = {name: _probes(spec.probes) for name, spec in PROVIDERS.items()}
 
-#: Without a hint, the first chunk's shape tells the API family, and so the few places its usage can
-#: be: (a key the family's chunks carry, the probes for it). Checked in order; no match: every probe.
+#: The first chunk's shape tells the API family, and so the few places its usage can be: (a key the
+#: family's chunks carry, the probes for it). Checked in order; no match: every probe, until a chunk
+#: tells. This keeps `add` to a few dict lookups per chunk.
 _FAMILIES: Final[tuple[tuple[str, _Probes], ...]] = (
     ("choices", _probes(("usage", "choices", "x_groq"))),  # Chat Completions and every compatible server
     ("type", _probes(("usage", "message", "response"))),  # Anthropic Messages and Responses API events
-    ("candidates", _probes(("usageMetadata", "usage_metadata"))),  # Gemini / Vertex
-    ("usageMetadata", _probes(("usageMetadata",))),
-    ("usage_metadata", _probes(("usage_metadata",))),
+    ("candidates", _probes(("modelVersion", "usageMetadata", "model_version", "usage_metadata"))),  # Gemini
+    ("usageMetadata", _probes(("modelVersion", "usageMetadata"))),
+    ("usage_metadata", _probes(("model_version", "usage_metadata"))),
     ("Response", _probes(("Response", "Usage"))),  # Hunyuan API 3.0
     ("Choices", _probes(("Usage",))),  # Hunyuan SSE events
     ("done", _probes(("eval_count", "prompt_eval_count"))),  # Ollama native
@@ -508,8 +531,8 @@ class UsageAccumulator:
 
     def __init__(self, provider: str | None = None) -> None:
         self.provider = canonical_provider(provider)
-        #: None until the first chunk tells the family (no hint); then only that family's probes run
-        self._probes: _Probes | None = _PROBES_BY_PROVIDER[self.provider] if self.provider else None
+        #: None until a chunk tells the family; then only that family's probes run
+        self._probes: _Probes | None = None
         self._xai = self.provider is not None and PROVIDERS[self.provider].xai
         self._counts: _Counts | None = None
         self._usage: Usage | None = None
@@ -523,7 +546,7 @@ class UsageAccumulator:
         if not d:
             return
         model = d.get("model")
-        if model and type(model) is str:
+        if type(model) is str and model:
             self._model = model
         tier = d.get("service_tier")
         if tier is not None:
