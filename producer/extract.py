@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from enum import Enum
 from typing import Any, Final
 
 from pydantic import BaseModel
@@ -128,8 +129,9 @@ def _text(value: Any) -> str | None:
     """A non-empty string (an enum's value too), else None."""
     if isinstance(value, str):
         return value or None
-    inner = getattr(value, "value", None)  # enums of SDK models
-    return inner if isinstance(inner, str) and inner else None
+    if isinstance(value, Enum):  # SDK models' enums (google-genai's TrafficType, ...)
+        return _text(value.value)
+    return None
 
 
 def _tier(value: Any) -> str | None:
@@ -364,7 +366,11 @@ def _probe_choices(acc: UsageAccumulator, d: Mapping[str, Any], choices: Any) ->
     if type(choices) is not list or not choices:
         return False
     first = choices[0]
-    usage = first.get("usage") if type(first) is dict else _m(first).get("usage")
+    if type(first) is dict:
+        usage = first.get("usage")
+    else:  # an SDK Choice: usage is no declared field, it sits in the model's extras
+        view = _view(first)
+        usage = view.get("usage") if view is not None else None
     return usage is not None and acc._found(_parse(usage, acc._xai), None, None)
 
 
