@@ -181,8 +181,8 @@ def _chat(u: Mapping[str, Any], prompt: int | None, completion: int | None, xai:
     reasoning = _first_int(ctd.get("reasoning_tokens"), u.get("reasoning_tokens")) or 0
     ticks = _int(u.get("cost_in_usd_ticks"))
     if not xai:
-        # No hint needed with xAI's marks: cost in ticks, a sources count, or a total that only adds up
-        # with reasoning on top.
+        # No hint needed with xAI's marks: cost in ticks, a sources count, or a reported total that only
+        # adds up with reasoning on top of completion_tokens (whoever reports it that way means it).
         total = _int(u.get("total_tokens"))
         xai = (
             ticks is not None or "num_sources_used" in u or (reasoning > 0 and total == prompt + completion + reasoning)
