@@ -101,7 +101,11 @@ def bad_cases() -> list[tuple[str, str, str]]:
         ),
         ("1 MB model", json.dumps(good(0, event_id="b-1mb", model="m" * 1_000_000)), "model"),
         ("naive timestamp", json.dumps(good(0, event_id="b-tz", occurred_at="2026-10-15T12:00:00")), "occurred_at"),
-        ("far future", json.dumps(good(0, event_id="b-fut", occurred_at="2999-01-01T00:00:00Z")), "ahead of the server clock"),
+        (
+            "far future",
+            json.dumps(good(0, event_id="b-fut", occurred_at="2999-01-01T00:00:00Z")),
+            "ahead of the server clock",
+        ),
         ("injection in event id", json.dumps(good(0, event_id=INJECTIONS[0])), "event_id"),
     ]
     return cases

@@ -11,8 +11,9 @@ COMMANDS = ["migrate", "worker", "ingest", "rates", "reprice", "quota", "invoice
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["usagebill", *args], capture_output=True, text=True, env=env or dict(os.environ),
-                          timeout=120)
+    return subprocess.run(
+        ["usagebill", *args], capture_output=True, text=True, env=env or dict(os.environ), timeout=120
+    )
 
 
 def test_help_lists_the_commands() -> None:

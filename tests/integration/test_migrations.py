@@ -31,7 +31,9 @@ def schema_of(url: str) -> str:
     """The schema as pg_dump prints it, minus the migration bookkeeping rows and comments."""
     out = subprocess.run(
         ["pg_dump", "--schema-only", "--no-owner", "--no-privileges", url],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return "\n".join(
         line for line in out.splitlines() if line and not line.startswith("--") and not line.startswith("\\")

@@ -116,8 +116,9 @@ def test_canonical_is_sorted_json_and_stable() -> None:
 
 def test_repair_caps_cache_write_and_reasoning_and_keeps_originals() -> None:
     # one real provider reports cache reads + writes above its prompt count
-    usage = Usage(input_tokens=3329, cached_input_tokens=3211, cache_write_tokens=3211, output_tokens=5,
-                  reasoning_tokens=9)
+    usage = Usage(
+        input_tokens=3329, cached_input_tokens=3211, cache_write_tokens=3211, output_tokens=5, reasoning_tokens=9
+    )
     counts, tags = repair_usage(usage)
     assert counts["cache_write_tokens"] == 3329 - 3211
     assert counts["reasoning_tokens"] == 5
