@@ -64,13 +64,13 @@ def test_migrate_twice_is_a_no_op(conn: psycopg.Connection[Any]) -> None:
 
 def test_a_changed_applied_migration_is_refused_by_name(conn: psycopg.Connection[Any]) -> None:
     conn.execute("UPDATE usagebill_migrations SET checksum = 'x' WHERE version = 1")
-    with pytest.raises(MigrationError, match="0001_foundation.sql was changed"):
+    with pytest.raises(MigrationError, match=r"0001_foundation\.sql was changed"):
         migrate.migrate(conn)
 
 
 def test_an_applied_migration_missing_from_disk_is_refused(conn: psycopg.Connection[Any]) -> None:
     conn.execute("INSERT INTO usagebill_migrations VALUES (9999, 'ghost', 'x')")
-    with pytest.raises(MigrationError, match="9999_ghost.sql is missing"):
+    with pytest.raises(MigrationError, match=r"9999_ghost\.sql is missing"):
         migrate.pending(conn)
 
 
@@ -81,16 +81,16 @@ def test_unmigrated_database_is_reported(empty_db: str) -> None:
 
 def test_cli_migrate_twice_and_refusal(empty_db: str, cli_env: dict[str, str]) -> None:
     env = {**cli_env, "DATABASE_URL": empty_db}
-    first = subprocess.run(["usagebill", "migrate"], env=env, capture_output=True, text=True)
+    first = subprocess.run(["usagebill", "migrate"], check=False, env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr
     assert first.stdout == ""
     assert "applied 0001_foundation.sql" in first.stderr
-    second = subprocess.run(["usagebill", "migrate"], env=env, capture_output=True, text=True)
+    second = subprocess.run(["usagebill", "migrate"], check=False, env=env, capture_output=True, text=True)
     assert second.returncode == 0
     assert "0 migration(s) applied" in second.stderr
     with connect(empty_db) as conn:
         conn.execute("UPDATE usagebill_migrations SET checksum = 'x' WHERE version = 1")
-    third = subprocess.run(["usagebill", "migrate"], env=env, capture_output=True, text=True)
+    third = subprocess.run(["usagebill", "migrate"], check=False, env=env, capture_output=True, text=True)
     assert third.returncode == 1
     assert third.stderr.count("\n") == 1 and "0001_foundation.sql" in third.stderr
     assert "Traceback" not in third.stderr
