@@ -12,7 +12,7 @@ COMMANDS = ["migrate", "worker", "ingest", "rates", "reprice", "quota", "invoice
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["usagebill", *args], capture_output=True, text=True, env=env or dict(os.environ), timeout=120
+        ["usagebill", *args], check=False, capture_output=True, text=True, env=env or dict(os.environ), timeout=120
     )
 
 
