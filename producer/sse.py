@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from typing import Any
 
 from producer.streams import Publish, _Call, _context, _is_cancel
@@ -35,15 +35,22 @@ class SSEParser:
 
     def feed(self, line: str) -> None:
         """One line without its line ending. Never raises."""
-        if line.startswith("data:"):
-            data = line[5:].strip()
-            if not data or data == "[DONE]":
-                return
-            self.call.chunks.append(data)  # read again only to estimate, if no usage comes
-            if '"usage"' in data or not self.seen_data or '"error"' in data or self.event in _EVENT_ERRORS:
-                self.seen_data = True
-                self._parse(data)
-        elif line.startswith("event:"):
+        if line[:5] == "data:":
+            # one scan of the line decides; only lines that can carry usage (or name the model) are parsed
+            if (
+                not self.seen_data
+                or _has_usage(line)
+                or line[5:15].lstrip().startswith('{"error"')
+                or self.event in _EVENT_ERRORS
+            ):
+                data = line[5:].strip()
+                if data and data != "[DONE]":
+                    self.seen_data = True
+                    self.call.chunks.append(data)
+                    self._parse(data)
+            elif not line.endswith("[DONE]"):
+                self.call.chunks.append(line)  # read again (JSON after "data:") only to estimate, if no usage comes
+        elif line[:6] == "event:":
             self.event = line[6:].strip() or None
         elif not line:
             self.event = None  # a blank line ends the event
@@ -65,6 +72,16 @@ class SSEParser:
         return "error" if self.error else "ok"
 
 
+def _has_usage(data: str) -> bool:
+    # OpenAI-style streams send `"usage": null` on every chunk once usage is asked for: only a non-null one counts
+    i = data.find('"usage"')
+    while i >= 0:
+        if data[i + 7 : i + 16].lstrip(" :")[:4] != "null":
+            return True
+        i = data.find('"usage"', i + 7)
+    return False
+
+
 def _decode(line: str | bytes) -> str | None:
     # only data:, event: and blank lines matter; bytes are decoded for those alone
     if isinstance(line, bytes):
@@ -74,41 +91,47 @@ def _decode(line: str | bytes) -> str | None:
     return line.rstrip("\r\n")
 
 
+def _pump_lines(it: Iterator[str | bytes], call: _Call, parser: SSEParser) -> Generator[str | bytes, None, None]:
+    """Yield each line unchanged, feeding the ones that matter to the parser; end the call with its status."""
+    feed = parser.feed
+    try:
+        for line in it:
+            if type(line) is str:
+                feed(line.rstrip("\r\n"))
+            else:
+                text = _decode(line)
+                if text is not None:
+                    feed(text)
+            yield line
+    except GeneratorExit:
+        raise  # closed or collected: recorded as aborted by close() or the finalizer
+    except BaseException as exc:
+        call.emit(call.finish("error", error=exc))
+        raise
+    call.emit(call.finish(parser.status()))
+
+
 class TrackedLines:
     """A sync iterator of SSE lines that passes each line through and publishes the call's event."""
 
     def __init__(self, lines: Any, call: _Call) -> None:
         self._lines = lines
-        self._it: Iterator[str | bytes] = iter(lines)
         self._call = call
-        self._parser = SSEParser(call)
-        self._finalizer = weakref.finalize(self, call.abandon)
+        self._gen = _pump_lines(iter(lines), call, SSEParser(call))
+        # tied to the generator a `for` loop holds, not to this wrapper (see streams.TrackedStream)
+        self._finalizer = weakref.finalize(self._gen, call.abandon)
 
-    def __iter__(self) -> TrackedLines:
-        return self
+    def __iter__(self) -> Iterator[str | bytes]:
+        return self._gen
 
     def __next__(self) -> str | bytes:
-        try:
-            line = next(self._it)
-        except StopIteration:
-            self._end(self._parser.status())
-            raise
-        except BaseException as exc:
-            self._end("error", exc)
-            raise
-        text = _decode(line)
-        if text is not None:
-            self._parser.feed(text)
-        return line
-
-    def _end(self, status: str, error: BaseException | None = None) -> None:
-        self._finalizer.detach()
-        self._call.emit(self._call.finish(status, error=error))
+        return next(self._gen)
 
     def close(self) -> None:
         """Stop reading: the call is recorded as aborted unless it had already ended."""
         if not self._call.done:
-            self._end("aborted")
+            self._call.emit(self._call.finish("aborted"))
+        self._gen.close()
         close = getattr(self._lines, "close", None)
         if callable(close):
             close()

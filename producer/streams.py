@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from producer.build import build_event
@@ -95,6 +95,8 @@ def chunk_text(chunk: Any) -> str:
 
     A chunk may also be the JSON text of an SSE `data:` line (kept unparsed by `producer.sse`)."""
     if isinstance(chunk, str | bytes):
+        if chunk[:5] in ("data:", b"data:"):
+            chunk = chunk[5:]
         try:
             chunk = json.loads(chunk)
         except ValueError:
@@ -325,7 +327,7 @@ def _wants(chunk: Any, call: _Call) -> bool:
     if call.first:
         call.first = False
         return True
-    if isinstance(chunk, Mapping):
+    if type(chunk) is dict or isinstance(chunk, Mapping):
         kind = chunk.get("type")
         return kind in USAGE_EVENT_TYPES if kind is not None else chunk.get("usage") is not None
     kind = getattr(chunk, "type", None)
@@ -355,44 +357,74 @@ def _is_injected_usage_chunk(chunk: Any) -> bool:
 # -- streams --------------------------------------------------------------------------------------------------
 
 
+def _pump(it: Iterator[Any], call: _Call, wants: Callable[[Any, _Call], bool]) -> Generator[Any, None, None]:
+    """Yield each chunk unchanged; hand the usage-bearing ones to the call; end it with ok or error."""
+    append = call.chunks.append
+    try:
+        for chunk in it:
+            append(chunk)
+            if wants(chunk, call):
+                call.observe(chunk)
+                if call.hide_usage_chunk and _is_injected_usage_chunk(chunk):
+                    continue
+            yield chunk
+    except GeneratorExit:
+        raise  # closed or collected: TrackedStream.close / the finalizer record it as aborted
+    except BaseException as exc:
+        call.emit(call.finish("error", error=exc))
+        raise
+    call.emit(call.finish("ok"))
+
+
+def _pump_chat(it: Iterator[Any], call: _Call) -> Generator[Any, None, None]:
+    """`_pump` specialized for OpenAI chat chunks, the hot case: one attribute test per chunk."""
+    append = call.chunks.append
+    observe = call.observe
+    hide = call.hide_usage_chunk
+    first = True
+    try:
+        for chunk in it:
+            append(chunk)
+            if first or chunk.usage is not None:
+                first = False
+                observe(chunk)
+                if hide and chunk.usage is not None and not chunk.choices:
+                    continue
+            yield chunk
+    except GeneratorExit:
+        raise
+    except BaseException as exc:
+        call.emit(call.finish("error", error=exc))
+        raise
+    call.emit(call.finish("ok"))
+
+
 class TrackedStream:
-    """A sync stream that yields the SDK's chunks unchanged and publishes the call's one event."""
+    """A sync stream that yields the SDK's chunks unchanged and publishes the call's one event.
+
+    The chunks flow through a generator (cheaper per chunk than a `__next__` method). The
+    abandonment finalizer is tied to that generator, which `for` loops hold, so a stream object
+    dropped while its chunks are still being read is not mistaken for an abandoned one.
+    """
 
     def __init__(self, stream: Any, call: _Call, wants: Callable[[Any, _Call], bool] = _wants) -> None:
         self._stream = stream
-        self._it: Iterator[Any] = iter(stream)
         self._call = call
-        self._wants = wants
-        self._chunks_append = call.chunks.append
-        self._finalizer = weakref.finalize(self, call.abandon)
+        it = iter(stream)
+        self._gen = _pump_chat(it, call) if wants is _chat_wants else _pump(it, call, wants)
+        self._finalizer = weakref.finalize(self._gen, call.abandon)
 
-    def __iter__(self) -> TrackedStream:
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        return self._gen
 
     def __next__(self) -> Any:
-        try:
-            chunk = next(self._it)
-        except StopIteration:
-            self._end("ok")
-            raise
-        except BaseException as exc:
-            self._end("error", exc)
-            raise
-        self._chunks_append(chunk)
-        if self._wants(chunk, self._call):
-            self._call.observe(chunk)
-            if self._call.hide_usage_chunk and _is_injected_usage_chunk(chunk):
-                return self.__next__()
-        return chunk
-
-    def _end(self, status: str, error: BaseException | None = None) -> None:
-        self._finalizer.detach()
-        self._call.emit(self._call.finish(status, error=error))
+        return next(self._gen)
 
     def close(self) -> None:
         """Stop reading: the call is recorded as aborted unless it had already ended."""
         if not self._call.done:
-            self._end("aborted")
+            self._call.emit(self._call.finish("aborted"))
+        self._gen.close()
         close = getattr(self._stream, "close", None)
         if callable(close):
             close()

@@ -133,6 +133,15 @@ def test_garbage_collected_stream_is_aborted(events: Events) -> None:
     assert [e.status for e in events] == ["aborted", "aborted"]
 
 
+def test_wrapper_dropped_while_a_for_loop_reads_it_is_not_aborted(events: Events) -> None:
+    # the for loop holds only the iterator it got from the (temporary) wrapper
+    for _ in producer.track_stream(iter(CHUNKS), provider="openai", org_id="acme", publish=events):
+        gc.collect()
+    for _ in producer.track_sse_lines(iter(["data: {}", ""]), provider="openai", org_id="acme", publish=events):
+        gc.collect()
+    assert [e.status for e in events] == ["ok", "ok"]
+
+
 def test_finished_stream_collected_adds_nothing(events: Events) -> None:
     stream = producer.track_stream(iter(CHUNKS), provider="openai", org_id="acme", publish=events)
     list(stream)
