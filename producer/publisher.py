@@ -24,7 +24,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
@@ -44,6 +44,8 @@ from producer.spool import ReplayReport, Spool, destination_tag, replay_dir
 logger = logging.getLogger("usagebill.producer")
 
 Mode = Literal["direct", "buffered"]
+#: jobs per MULTI/EXEC when several batches leave at once
+_JOBS_PER_ROUND_TRIP = 8
 
 
 class PublisherConfig(BaseSettings):
@@ -299,15 +301,21 @@ class Publisher:
         return batches
 
     def enqueue(self, texts: Sequence[str]) -> None:
-        """Enqueue the events as jobs of bounded batches in one MULTI/EXEC per group of jobs. Raises on failure."""
+        """Enqueue the events as jobs of bounded batches, a few jobs per MULTI/EXEC. Raises on failure."""
+        for _ in self._enqueue_steps(texts):
+            pass
+
+    def _enqueue_steps(self, texts: Sequence[str]) -> Iterator[int]:
+        """Enqueue group after group of jobs, yielding how many events (a prefix of `texts`) are in Redis."""
         if not texts:
             return
         _, queue = self._connection()
         batches = self._batches(texts)
+        done = 0
         # a few jobs per round trip keeps each transaction (and the socket timeout it must meet) small
-        for start in range(0, len(batches), 8):
-            group = batches[start : start + 8]
-            pipe = queue.connection.pipeline()
+        for start in range(0, len(batches), _JOBS_PER_ROUND_TRIP):
+            group = batches[start : start + _JOBS_PER_ROUND_TRIP]
+            pipe = queue.connection.pipeline()  # MULTI/EXEC: a group is enqueued whole or not at all
             queue.enqueue_many(
                 [
                     Queue.prepare_data(
@@ -323,15 +331,22 @@ class Publisher:
                 pipeline=pipe,
             )
             pipe.execute()
+            done += sum(len(batch) for batch in group)
+            yield done
 
     def _deliver(self, texts: list[str]) -> None:
         """Enqueue, or spool when Redis is away. Never raises."""
         if not texts:
             return
         if self._breaker.allows():
+            done = 0
             try:
-                self.enqueue(texts)
+                for done in self._enqueue_steps(texts):  # noqa: B007 (read after the loop)
+                    pass
             except Exception as exc:
+                # only what Redis did not take goes to the spool
+                self.published += done
+                texts = texts[done:]
                 self._breaker.failed()
                 logger.warning(
                     "usagebill: Redis unavailable (%s: %s); spooling events for %.1f s",

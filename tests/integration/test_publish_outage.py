@@ -54,15 +54,14 @@ def test_redis_stopped_mid_run_loses_nothing_and_replays_once(server: RedisServe
         handle_sigterm=False,
     )
     emitted: list[str] = []
-    worst = 0.0
+    latencies: list[float] = []
 
     def emit_phase(start: int, n: int) -> None:
-        nonlocal worst
         for i in range(start, start + n):
             ev = event(i)
             t0 = time.perf_counter()
             pub.publish(ev)  # an exception here fails the test: the app must never see one
-            worst = max(worst, time.perf_counter() - t0)
+            latencies.append(time.perf_counter() - t0)
             emitted.append(ev.event_id)
             if i % 50 == 0:
                 time.sleep(0.01)
@@ -87,7 +86,11 @@ def test_redis_stopped_mid_run_loses_nothing_and_replays_once(server: RedisServe
     assert pub.replayed == pub.spooled
     assert duplicates(ids) == {}
     assert sorted(ids) == sorted(emitted)
-    assert worst < 0.1, f"publish() took {worst * 1000:.1f} ms on the app thread"
+    # the app thread never waits on Redis (its timeouts here are 500 ms); a loaded box may still pause it
+    latencies.sort()
+    p99, worst = latencies[int(len(latencies) * 0.99)], latencies[-1]
+    assert p99 < 0.005, f"publish() p99 {p99 * 1000:.1f} ms on the app thread"
+    assert worst < 0.4, f"publish() took {worst * 1000:.1f} ms on the app thread"
 
 
 @pytest.mark.slow
