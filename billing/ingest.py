@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -17,6 +18,7 @@ import psycopg
 from pydantic import ConfigDict, ValidationError
 
 from billing import aggregates, pricing
+from billing.errors import TransientError
 from billing.settings import Settings
 from billing.sqlfiles import query
 from producer.event import UsageEvent
@@ -29,6 +31,10 @@ PAUSE_STEPS = ("before_tx", "in_tx", "after_commit")
 _PAUSE_AT = os.environ.get("USAGEBILL_TEST_PAUSE_AT", "")
 _PAUSE_MARKER = os.environ.get("USAGEBILL_TEST_PAUSE_MARKER", "")
 _PAUSE_SECONDS = float(os.environ.get("USAGEBILL_TEST_PAUSE_SECONDS", "0") or 0)
+
+
+#: connections whose session already has the staging tables (made once per session, not per batch)
+_staged: weakref.WeakSet[psycopg.Connection[Any]] = weakref.WeakSet()
 
 
 class _Incoming(UsageEvent):
@@ -50,9 +56,10 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Parsed:
-    """A batch after validation: COPY rows (position, hash, canonical JSON, extra JSON) and rejections."""
+    """A batch after validation: COPY rows (position, event_id, occurred_at, hash, canonical JSON, extra
+    JSON) and rejections."""
 
-    rows: list[tuple[int, bytes, str, str | None]]
+    rows: list[tuple[int, str, datetime, bytes, str, str | None]]
     rejected: list[Rejection]
 
 
@@ -95,7 +102,7 @@ def parse(events: Sequence[Any], *, now: datetime, future_tolerance: timedelta) 
     sha256 is the conflict hash. Events more than `future_tolerance` ahead of `now` are rejected.
     """
     limit = now + future_tolerance
-    rows: list[tuple[int, bytes, str, str | None]] = []
+    rows: list[tuple[int, str, datetime, bytes, str, str | None]] = []
     rejected: list[Rejection] = []
     validate = _Incoming.model_validate_json
     for pos, item in enumerate(events):
@@ -125,7 +132,8 @@ def parse(events: Sequence[Any], *, now: datetime, future_tolerance: timedelta) 
         else:
             canonical = event.model_dump_json()
             extra_json = None
-        rows.append((pos, hashlib.sha256(canonical.encode()).digest(), canonical, extra_json))
+        digest = hashlib.sha256(canonical.encode()).digest()
+        rows.append((pos, event.event_id, event.occurred_at, digest, canonical, extra_json))
     return Parsed(rows, rejected)
 
 
@@ -141,8 +149,24 @@ def ingest_batch(
     """
     parsed = parse(events, now=datetime.now(UTC), future_tolerance=timedelta(seconds=settings.future_tolerance_seconds))
     test_pause("before_tx")
+    fresh = conn not in _staged
+    try:
+        result = _transaction(conn, parsed, len(events), fresh=fresh, job_id=job_id)
+    except psycopg.errors.UndefinedTable as exc:
+        # the session lost its temp tables (e.g. DISCARD TEMP by a pool reset): make them again
+        _staged.discard(conn)
+        raise TransientError(f"staging tables missing in this session: {exc}") from exc
+    if fresh:
+        _staged.add(conn)  # only once committed: a rolled-back CREATE leaves nothing behind
+    return result
+
+
+def _transaction(
+    conn: psycopg.Connection[Any], parsed: Parsed, received: int, *, fresh: bool, job_id: str | None
+) -> IngestResult:
     with conn.transaction():
-        conn.execute(query("ingest", "create_stage"))
+        if fresh:
+            conn.execute(query("ingest", "create_stage"))
         inserted = conflicts = 0
         summary: list[tuple[str, date, int]] = []
         reservations: list[str] = []
@@ -151,8 +175,7 @@ def ingest_batch(
                 with cur.copy(query("ingest", "copy_stage")) as copy:
                     for row in parsed.rows:
                         copy.write_row(row)
-                months = [r[0] for r in cur.execute(query("ingest", "stage_months")).fetchall()]
-                routes = cur.execute(query("ingest", "route_months"), {"months": months}).fetchall()
+                routes = cur.execute(query("ingest", "route_months")).fetchall()
                 cur.execute(
                     query("ingest", "insert_new"),
                     {"usage_months": [r[0] for r in routes], "billing_months": [r[1] for r in routes]},
@@ -175,7 +198,7 @@ def ingest_batch(
                 hook(conn, org_months)
         test_pause("in_tx")
     return IngestResult(
-        received=len(events),
+        received=received,
         inserted=inserted,
         duplicates=len(parsed.rows) - inserted - conflicts,
         conflicts=conflicts,

@@ -10,16 +10,19 @@
 INSERT INTO invoice_usage AS t (
     org_id, billing_month, usage_month, model, category, unit_price, currency, quantity, amount, events)
 SELECT e.org_id, e.billing_month, e.usage_month, e.model, c.category, c.unit_price, e.currency,
-       %(sign)s * sum(c.quantity), %(sign)s * sum(c.amount), %(sign)s * count(DISTINCT e.event_id)
+       %(sign)s * sum(c.quantity), %(sign)s * sum(c.amount), %(sign)s * sum(c.counted)
   FROM {table} AS e
  CROSS JOIN LATERAL (VALUES
-        ('input', e.price_input, e.input_tokens - e.cached_input_tokens - e.cache_write_tokens, e.cost_input),
-        ('cached_input', e.price_cached_input, e.cached_input_tokens, e.cost_cached_input),
-        ('cache_write', e.price_cache_write, e.cache_write_tokens - e.cache_write_1h_tokens, e.cost_cache_write),
-        ('cache_write', e.price_cache_write_1h, e.cache_write_1h_tokens, e.cost_cache_write_1h),
-        ('output', e.price_output, e.output_tokens - e.reasoning_tokens, e.cost_output),
-        ('reasoning', e.price_reasoning, e.reasoning_tokens, e.cost_reasoning)
-       ) AS c (category, unit_price, quantity, amount)
+        ('input', e.price_input, e.input_tokens - e.cached_input_tokens - e.cache_write_tokens, e.cost_input, 1),
+        ('cached_input', e.price_cached_input, e.cached_input_tokens, e.cost_cached_input, 1),
+        ('cache_write', e.price_cache_write, e.cache_write_tokens - e.cache_write_1h_tokens, e.cost_cache_write, 1),
+        -- an event whose 1-hour writes share the 5-minute price is one event of that line, not two
+        ('cache_write', e.price_cache_write_1h, e.cache_write_1h_tokens, e.cost_cache_write_1h,
+         CASE WHEN e.cache_write_tokens > e.cache_write_1h_tokens
+               AND e.price_cache_write_1h = e.price_cache_write THEN 0 ELSE 1 END),
+        ('output', e.price_output, e.output_tokens - e.reasoning_tokens, e.cost_output, 1),
+        ('reasoning', e.price_reasoning, e.reasoning_tokens, e.cost_reasoning, 1)
+       ) AS c (category, unit_price, quantity, amount, counted)
  WHERE e.rate_id IS NOT NULL AND c.quantity > 0
  GROUP BY e.org_id, e.billing_month, e.usage_month, e.model, c.category, c.unit_price, e.currency
  ORDER BY e.org_id, e.billing_month, e.usage_month, e.model, c.category, c.unit_price, e.currency

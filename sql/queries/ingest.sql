@@ -8,6 +8,8 @@
 -- that pricing and the aggregates take it as it is.
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
     pos          integer NOT NULL,
+    event_id     text NOT NULL,
+    occurred_at  timestamptz NOT NULL,
     payload_hash bytea NOT NULL,
     doc          jsonb NOT NULL,
     extra        jsonb
@@ -15,41 +17,40 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
 CREATE TEMP TABLE IF NOT EXISTS ingest_new (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 
 -- name: copy_stage
-COPY ingest_stage (pos, payload_hash, doc, extra) FROM STDIN
-
--- name: stage_months
-SELECT DISTINCT date_trunc('month', (doc->>'occurred_at')::timestamptz)::date FROM ingest_stage
+COPY ingest_stage (pos, event_id, occurred_at, payload_hash, doc, extra) FROM STDIN
 
 -- name: route_months
-SELECT usage_month, billing_month FROM route_billing_months(%(months)s::date[])
+-- Every usage month of the batch, routed to its billing month (and its row locked FOR SHARE).
+SELECT usage_month, billing_month
+  FROM route_billing_months(ARRAY(SELECT DISTINCT date_trunc('month', occurred_at)::date FROM ingest_stage))
 
 -- name: insert_new
 -- The first copy of each event_id in the batch (by position) claims its key; the ones whose key was
 -- free become ingest_new rows. Keys are inserted in event_id order (deterministic lock order).
 WITH firsts AS MATERIALIZED (
-    SELECT DISTINCT ON (doc->>'event_id') pos, payload_hash, doc, extra
+    SELECT DISTINCT ON (event_id) event_id, occurred_at, payload_hash, doc, extra
       FROM ingest_stage
-     ORDER BY doc->>'event_id', pos
+     ORDER BY event_id, pos
 ), claimed AS (
     INSERT INTO event_keys (event_id, payload_hash, occurred_at)
-    SELECT doc->>'event_id', payload_hash, (doc->>'occurred_at')::timestamptz
+    SELECT event_id, payload_hash, occurred_at
       FROM firsts
-     ORDER BY doc->>'event_id'
+     ORDER BY event_id
         ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 ), routes AS (
     SELECT * FROM unnest(%(usage_months)s::date[], %(billing_months)s::date[]) AS r (usage_month, billing_month)
 ), parsed AS (
-    SELECT f.*, (f.doc->>'occurred_at')::timestamptz AS occurred_at, f.doc->'usage' AS u
+    SELECT f.*, f.doc->'usage' AS u
       FROM firsts f
-      JOIN claimed c ON c.event_id = f.doc->>'event_id'
+      JOIN claimed c ON c.event_id = f.event_id
 )
 INSERT INTO ingest_new (
     event_id, org_id, user_id, session_id, request_type, provider, model, service_tier, status, estimated,
     latency_ms, reservation_id, tags, extra, occurred_at, usage_month, billing_month,
     input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
     reasoning_tokens, provider_cost)
-SELECT p.doc->>'event_id', p.doc->>'org_id', p.doc->>'user_id', p.doc->>'session_id', p.doc->>'request_type',
+SELECT p.event_id, p.doc->>'org_id', p.doc->>'user_id', p.doc->>'session_id', p.doc->>'request_type',
        p.doc->>'provider', p.doc->>'model', p.doc->>'service_tier', p.doc->>'status', (p.doc->'estimated')::boolean,
        (p.doc->>'latency_ms')::bigint, p.doc->>'reservation_id', p.doc->'tags', p.extra, p.occurred_at,
        r.usage_month, r.billing_month,
@@ -70,9 +71,9 @@ INSERT INTO orgs (org_id) SELECT DISTINCT org_id FROM ingest_new ORDER BY org_id
 -- Every staged copy whose canonical hash differs from the first accepted copy's (in this batch or an
 -- earlier one) is a conflict: kept for operators, never counted. Returns how many copies conflicted.
 WITH differing AS MATERIALIZED (
-    SELECT s.doc->>'event_id' AS event_id, k.payload_hash AS first_hash, s.payload_hash AS conflict_hash, s.doc
+    SELECT s.event_id, k.payload_hash AS first_hash, s.payload_hash AS conflict_hash, s.doc
       FROM ingest_stage s
-      JOIN event_keys k ON k.event_id = s.doc->>'event_id'
+      JOIN event_keys k ON k.event_id = s.event_id
      WHERE k.payload_hash <> s.payload_hash
 ), recorded AS (
     INSERT INTO event_conflicts (event_id, first_hash, conflict_hash, payload)

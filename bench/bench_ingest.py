@@ -1,0 +1,362 @@
+"""End-to-end ingestion bench: publish -> committed, priced, aggregated, with 1 and 2 workers.
+
+In the same run, on the same rows: (a) a plain COPY into an unindexed table (the physical ceiling),
+(b) a naive baseline (one rq job per event, row-by-row inserts and updates; measured on a sample and
+its rate extrapolated), the event -> aggregate latency at a paced 5k events/s, the cost of each
+aggregate (few hot rows vs one row per user and day), table sizes, and a cProfile of the ingest path.
+Runs on a private redis-server and throwaway databases on the local Postgres.
+
+    .venv/bin/python bench/bench_ingest.py [--events 100000] [--naive 2000] [--batch 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import naive_ingest
+import psycopg
+import redis
+from ingest_env import fresh_db, private_redis, template_db
+from rq import Queue, SimpleWorker, Worker
+from rq.registry import FailedJobRegistry, FinishedJobRegistry
+from rq.serializers import JSONSerializer
+
+import billing.ingest
+from billing import aggregates
+from billing.db import CONNECT_OPTIONS
+from billing.settings import Settings
+from billing.sqlfiles import query
+from worker.jobs import enqueue_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+QUEUE = "usagebill"
+MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4", "gemini-2.5-flash"]
+START = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def make_events(n: int, *, dup_frac: float, orgs: int, users: int, seed: int = 1) -> tuple[list[str], int]:
+    """n published events, dup_frac of them re-sends of earlier ones (same payload). Returns (texts, distinct)."""
+    rng = random.Random(seed)
+    distinct = int(n * (1 - dup_frac))
+    texts = []
+    for i in range(distinct):
+        org = rng.randrange(orgs)
+        doc = {
+            "schema_version": 1,
+            "event_id": f"ev_{seed}_{i:09d}",
+            "occurred_at": (START + timedelta(seconds=rng.randrange(30 * 86400))).isoformat(),
+            "org_id": f"org-{org}",
+            "user_id": f"user-{org}-{rng.randrange(users)}",
+            "provider": "openai",
+            "model": rng.choice(MODELS),
+            "request_type": "chat",
+            "latency_ms": rng.randrange(100, 5000),
+            "tags": {"feature": rng.choice(["chat", "search", "summarize"])},
+            "usage": {
+                "input_tokens": (inp := rng.randrange(100, 20000)),
+                "cached_input_tokens": rng.randrange(0, inp // 2),
+                "cache_write_tokens": 0,
+                "output_tokens": (out := rng.randrange(10, 2000)),
+                "reasoning_tokens": rng.randrange(0, out // 4 + 1),
+            },
+        }
+        texts.append(json.dumps(doc))
+    for _ in range(n - distinct):  # re-sends land later in the stream, as a publisher retry would
+        pos = rng.randrange(len(texts))
+        texts.insert(rng.randrange(pos, len(texts) + 1), texts[pos])
+    return texts, distinct
+
+
+def add_rates(url: str) -> None:
+    with psycopg.connect(url, autocommit=True, options=CONNECT_OPTIONS) as conn:
+        for i, model in enumerate(MODELS[:3]):  # the last model stays unpriced: a realistic mix
+            conn.execute(
+                "INSERT INTO rates (provider, model, effective_from, currency, price_input, price_cached_input,"
+                " price_output, source) VALUES ('openai', %s, '2020-01-01', 'USD', %s, %s, %s, 'bench')",
+                (model, 2.5 + i, 1.25 + i, 10 + i),
+            )
+
+
+def publish(client: redis.Redis, texts: list[str], batch: int) -> int:
+    q = Queue(QUEUE, connection=client, serializer=JSONSerializer)
+    jobs = 0
+    with client.pipeline() as pipe:
+        for i in range(0, len(texts), batch):
+            enqueue_batch(q, texts[i : i + batch], pipeline=pipe)
+            jobs += 1
+        pipe.execute()
+    return jobs
+
+
+def start_workers(n: int, db_url: str, redis_url: str) -> list[subprocess.Popen[bytes]]:
+    env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_url, USAGEBILL_QUEUE=QUEUE, PYTHONPATH=str(ROOT))
+    procs = [subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT) for _ in range(n)]
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 30
+    while len(Worker.all(connection=client)) < n:
+        if time.monotonic() > deadline:
+            raise SystemExit("workers did not start")
+        time.sleep(0.05)
+    client.close()
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.wait(30)
+
+
+def wait_done(client: redis.Redis, jobs: int, timeout: float = 600) -> None:
+    finished = FinishedJobRegistry(QUEUE, connection=client)
+    failed = FailedJobRegistry(QUEUE, connection=client)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, bad = finished.get_job_count(cleanup=False), failed.get_job_count(cleanup=False)
+        if bad:
+            raise SystemExit(f"{bad} job(s) failed")
+        if done >= jobs:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"timeout: {done}/{jobs} jobs done")
+        time.sleep(0.002)
+
+
+def check_totals(url: str, distinct: int) -> dict[str, Any]:
+    with psycopg.connect(url, autocommit=True, options=CONNECT_OPTIONS) as conn:
+        ev = conn.execute("SELECT count(*) FROM events").fetchone()
+        daily = conn.execute("SELECT sum(events) FROM usage_daily").fetchone()
+        assert ev == (distinct,) and daily == (distinct,), (ev, daily, distinct)
+        sizes = {}
+        for table in ("events", "event_keys", "usage_daily", "invoice_usage"):
+            rows, size = conn.execute(  # events is partitioned: its size is its partitions'
+                "SELECT (SELECT count(*) FROM " + table + "), coalesce(sum(pg_total_relation_size(c)), 0)"
+                " FROM (SELECT %s::regclass AS c UNION ALL SELECT inhrelid FROM pg_inherits"
+                " WHERE inhparent = %s::regclass) t",
+                (table, table),
+            ).fetchone()  # type: ignore[misc]
+            sizes[table] = (int(rows), int(size))
+        return sizes
+
+
+def e2e(template: str, redis_url: str, texts: list[str], distinct: int, workers: int, batch: int) -> tuple[float, Any]:
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    with fresh_db(template) as url:
+        add_rates(url)
+        procs = start_workers(workers, url, redis_url)
+        try:
+            t0 = time.perf_counter()
+            jobs = publish(client, texts, batch)
+            wait_done(client, jobs)
+            elapsed = time.perf_counter() - t0
+        finally:
+            stop_workers(procs)
+        sizes = check_totals(url, distinct)
+    client.close()
+    return len(texts) / elapsed, sizes
+
+
+def latency(template: str, redis_url: str, rate: int, seconds: float, batch: int) -> list[float]:
+    """Queue -> commit latency (s) per event, publishing `batch`-event jobs paced at `rate` events/s."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    texts, _ = make_events(int(rate * seconds), dup_frac=0.1, orgs=50, users=100, seed=7)
+    q = Queue(QUEUE, connection=client, serializer=JSONSerializer)
+    with fresh_db(template) as url:
+        add_rates(url)
+        procs = start_workers(1, url, redis_url)
+        job_ids = []
+        try:
+            t0 = time.perf_counter()
+            for k, i in enumerate(range(0, len(texts), batch)):
+                delay = t0 + k * batch / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                job_ids.append(enqueue_batch(q, texts[i : i + batch]).id)
+            wait_done(client, len(job_ids))
+        finally:
+            stop_workers(procs)
+    out = []
+    for job_id in job_ids:
+        job = q.fetch_job(job_id)
+        assert job is not None and job.enqueued_at and job.ended_at
+        out.extend([(job.ended_at - job.enqueued_at).total_seconds()] * len(job.args[0]))
+    client.close()
+    return out
+
+
+def copy_ceiling(template: str, texts: list[str]) -> float:
+    """Plain COPY of the same rows (the events' columns) into an unindexed table."""
+    rows = []
+    for t in texts:
+        d = json.loads(t)
+        u = d["usage"]
+        at = datetime.fromisoformat(d["occurred_at"])
+        month = at.date().replace(day=1)
+        rows.append(
+            (
+                d["event_id"],
+                d["org_id"],
+                d["user_id"],
+                d["request_type"],
+                d["provider"],
+                d["model"],
+                d["latency_ms"],
+                json.dumps(d["tags"]),
+                at,
+                month,
+                month,
+                u["input_tokens"],
+                u["cached_input_tokens"],
+                u["cache_write_tokens"],
+                u["output_tokens"],
+                u["reasoning_tokens"],
+            )
+        )
+    with fresh_db(template) as url, psycopg.connect(url, options=CONNECT_OPTIONS) as conn:
+        conn.execute("CREATE TABLE copy_ceiling (LIKE events INCLUDING DEFAULTS)")  # no indexes, no keys
+        conn.commit()
+        t0 = time.perf_counter()
+        with (
+            conn.cursor() as cur,
+            cur.copy(
+                "COPY copy_ceiling (event_id, org_id, user_id, request_type, provider, model, latency_ms, tags,"
+                " occurred_at, usage_month, billing_month, input_tokens, cached_input_tokens, cache_write_tokens,"
+                " output_tokens, reasoning_tokens) FROM STDIN"
+            ) as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
+        conn.commit()
+        return len(rows) / (time.perf_counter() - t0)
+
+
+def naive(template: str, redis_url: str, texts: list[str]) -> float:
+    """One rq job per event (SimpleWorker, the faster class), row-by-row inserts and updates."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    q = Queue(QUEUE, connection=client, serializer=JSONSerializer)
+    with fresh_db(template) as url:
+        add_rates(url)
+        os.environ["BENCH_NAIVE_DATABASE_URL"] = url
+        with client.pipeline() as pipe:
+            for t in texts:
+                q.enqueue_call("naive_ingest.ingest_one", args=(t,), pipeline=pipe, result_ttl=600)
+            pipe.execute()
+        t0 = time.perf_counter()
+        SimpleWorker([q], connection=client, serializer=JSONSerializer).work(burst=True, logging_level="ERROR")
+        elapsed = time.perf_counter() - t0
+        if naive_ingest._conn is not None:
+            naive_ingest._conn.close()
+            naive_ingest._conn = None
+    client.close()
+    return len(texts) / elapsed
+
+
+def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -> tuple[dict[str, float], str]:
+    """Per-step time of the in-process ingest path (ms per batch), and a cProfile summary."""
+    timings: dict[str, float] = defaultdict(float)
+
+    def timed_add(conn: psycopg.Connection[Any], table: str, sign: int = 1) -> None:
+        for name in aggregates.TABLES:
+            t = time.perf_counter()
+            conn.execute(query("aggregates", f"add_{name}").format(table=psycopg.sql.Identifier(table)), {"sign": sign})
+            timings[name] += time.perf_counter() - t
+
+    real_parse = billing.ingest.parse
+
+    def timed_parse(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return real_parse(*args, **kwargs)
+        finally:
+            timings["validate (Python)"] += time.perf_counter() - t
+
+    billing.ingest.aggregates = SimpleNamespace(add=timed_add)  # type: ignore[assignment]
+    billing.ingest.parse = timed_parse  # type: ignore[assignment]
+    prof = cProfile.Profile()
+    try:
+        with fresh_db(template) as url:
+            add_rates(url)
+            settings = Settings(DATABASE_URL=url)
+            with psycopg.connect(url, options=CONNECT_OPTIONS) as conn:
+                t0 = time.perf_counter()
+                if profile:
+                    prof.enable()
+                batches = 0
+                for i in range(0, len(texts), batch):
+                    billing.ingest.ingest_batch(conn, texts[i : i + batch], settings=settings)
+                    batches += 1
+                if profile:
+                    prof.disable()
+                timings["whole batch"] = time.perf_counter() - t0
+    finally:
+        billing.ingest.aggregates = aggregates  # type: ignore[assignment]
+        billing.ingest.parse = real_parse  # type: ignore[assignment]
+    out = io.StringIO()
+    if profile:
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(14)
+    return {k: v * 1000 / batches for k, v in timings.items()}, out.getvalue()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--naive", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--latency-seconds", type=float, default=8.0)
+    args = ap.parse_args()
+    texts, distinct = make_events(args.events, dup_frac=0.1, orgs=50, users=100)
+    print(f"events: {len(texts)} published, {distinct} distinct (10% duplicates), batches of {args.batch}")
+    with private_redis() as redis_url, template_db() as template:
+        ceiling = copy_ceiling(template, texts)
+        one, sizes = e2e(template, redis_url, texts, distinct, 1, args.batch)
+        two, _ = e2e(template, redis_url, texts, distinct, 2, args.batch)
+        naive_rate = naive(template, redis_url, texts[: args.naive])
+        lat = latency(template, redis_url, 5000, args.latency_seconds, 250)
+        hot_texts, _ = make_events(30_000, dup_frac=0.0, orgs=2, users=1, seed=3)
+        hot, _ = aggregate_cost(template, hot_texts, args.batch, profile=False)
+        wide, prof = aggregate_cost(template, texts[:30_000], args.batch, profile=True)
+    print(f"COPY ceiling (unindexed table):      {ceiling:10.0f} events/s")
+    print(f"end to end, 1 worker:                {one:10.0f} events/s   = {one / ceiling:.3f} of the COPY ceiling")
+    print(f"end to end, 2 workers:               {two:10.0f} events/s   = {two / ceiling:.3f} of the COPY ceiling")
+    print(
+        f"naive (1 job/event, row by row; {args.naive} events): {naive_rate:6.0f} events/s   -> 1 worker is "
+        f"{one / naive_rate:.0f}x the naive baseline"
+    )
+    q = statistics.quantiles(lat, n=100)
+    print(
+        f"queue -> committed+aggregated latency at 5k events/s (1 worker, 250-event jobs): "
+        f"p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms"
+    )
+    print("table sizes after the 1-worker run (rows, bytes incl. indexes):")
+    for table, (rows, size) in sizes.items():
+        print(f"  {table:14s} {rows:9d} rows {size / 1e6:8.1f} MB")
+    print(f"ingest steps, ms per {args.batch}-event batch (in-process):")
+    print(f"  {'step':24s} {'hot rows (2 orgs, 1 user)':>26s} {'wide (50 orgs x 100 users)':>28s}")
+    for step in ("validate (Python)", "invoice_usage", "usage_daily", "whole batch"):
+        print(f"  {step:24s} {hot.get(step, 0):26.1f} {wide.get(step, 0):28.1f}")
+    print("cProfile of the ingest path (wide mix), top entries by own time:")
+    print("\n".join(line for line in prof.splitlines() if line.strip())[:4000])
+
+
+if __name__ == "__main__":
+    main()
