@@ -416,3 +416,19 @@ def start_fake_llm(port: int = 0, models: Mapping[str, FakeModel] | None = None)
     """Start the fake server in a background thread: returns its base URL (…/v1) and a stop function."""
     server = FakeLLM(port=port, models=models)
     return server.url, server.stop
+
+
+def main() -> None:
+    """`python -m worker.fakellm [PORT]`: serve until interrupted (for trying clients by hand)."""
+    import sys  # noqa: PLC0415
+
+    server = FakeLLM(port=int(sys.argv[1]) if len(sys.argv) > 1 else 8765)
+    print(server.url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -207,6 +207,17 @@ def test_async_ok_error_aborted(events: Events) -> None:
     assert events[0].usage.input_tokens == 11
 
 
+def test_async_stream_collected_midway_is_aborted(events: Events) -> None:
+    async def main() -> None:
+        stream = producer.track_stream(agen(CHUNKS), provider="openai", org_id="acme", publish=events)
+        await stream.__anext__()
+        del stream
+        gc.collect()
+
+    asyncio.run(main())
+    assert [e.status for e in events] == ["aborted"]
+
+
 def test_async_publish_callable_may_be_a_coroutine() -> None:
     got: list[UsageEvent] = []
 
@@ -267,6 +278,15 @@ def test_openrouter_usage_accounting_injected(fake: FakeLLM, events: Events) -> 
     base.close()
     assert [e.provider for e in events] == ["openrouter", "openrouter"]
     assert all(e.usage.provider_cost == Decimal("0.000123") for e in events)
+
+
+def test_with_options_keeps_the_instrumentation(oai: openai.OpenAI, events: Events) -> None:
+    client = producer.instrument(oai, org_id="acme", publish=events)
+    client.with_options(timeout=5).chat.completions.create(
+        model="gpt-4o-mini", messages=MSGS, usagebill={"user_id": "u7"}
+    )
+    [ev] = events
+    assert (ev.model, ev.user_id, ev.status) == ("gpt-4o-mini", "u7", "ok")
 
 
 def test_openai_non_stream_and_service_tier_reported(oai: openai.OpenAI, events: Events) -> None:
