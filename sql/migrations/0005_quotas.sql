@@ -41,27 +41,29 @@ CREATE TABLE quota_unpriced_rates (
 -- writing); change it with `usagebill quota unpriced-rate`.
 INSERT INTO quota_unpriced_rates (currency, input_per_million, output_per_million) VALUES ('*', 15, 75);
 
--- (input, output) per-million rates charged for unpriced tokens of an org in a currency, now. Input takes
--- the highest of the input and cache-write prices (unpriced input may be cache writes), output the
--- highest of the output and reasoning prices. plpgsql: the rates table (0002) is read at call time.
-CREATE FUNCTION quota_unpriced_rate(p_currency text, p_org_id text DEFAULT NULL,
-                                    OUT input_per_million numeric, OUT output_per_million numeric)
-LANGUAGE plpgsql STABLE AS $$
-BEGIN
-    SELECT u.input_per_million, u.output_per_million INTO input_per_million, output_per_million
-    FROM quota_unpriced_rates u
-    WHERE u.currency IN (p_currency, '*')
-    ORDER BY u.currency = '*'
-    LIMIT 1;
-    SELECT GREATEST(input_per_million, max(GREATEST(r.price_input, r.price_cache_write, r.price_cache_write_1h))),
-           GREATEST(output_per_million, max(GREATEST(r.price_output, r.price_reasoning)))
-      INTO input_per_million, output_per_million
-    FROM rates r
-    WHERE r.currency = p_currency AND r.effective_from <= now()
-      AND (r.org_id IS NULL OR r.org_id = p_org_id);
-    input_per_million := COALESCE(input_per_million, 0);
-    output_per_million := COALESCE(output_per_million, 0);
-END
+-- (input, output) per-million rates charged for unpriced tokens of an org in a currency, now: the larger of
+-- the floor (the currency's row, else '*') and the highest price of any rate row in force in that currency
+-- (public or the org's own). Input takes the highest of the input and cache-write prices (unpriced input
+-- may be cache writes), output the highest of the output and reasoning prices. Always one row. A plain SQL
+-- set-returning function, so the planner inlines it into the views.
+CREATE FUNCTION quota_unpriced_rate(p_currency text, p_org_id text DEFAULT NULL)
+RETURNS TABLE (input_per_million numeric, output_per_million numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(GREATEST(f.input_per_million, m.max_input), 0),
+           COALESCE(GREATEST(f.output_per_million, m.max_output), 0)
+    FROM (
+        SELECT max(GREATEST(r.price_input, r.price_cache_write, r.price_cache_write_1h)) AS max_input,
+               max(GREATEST(r.price_output, r.price_reasoning))                        AS max_output
+        FROM rates r
+        WHERE r.currency = p_currency AND r.effective_from <= now() AND (r.org_id IS NULL OR r.org_id = p_org_id)
+    ) m
+    LEFT JOIN LATERAL (
+        SELECT u.input_per_million, u.output_per_million
+        FROM quota_unpriced_rates u
+        WHERE u.currency IN (p_currency, '*')
+        ORDER BY u.currency = '*'
+        LIMIT 1
+    ) f ON true
 $$;
 
 -- Usage per org, user (NULL = none given), provider, model and UTC calendar month, from the daily aggregates.
@@ -98,47 +100,58 @@ CROSS JOIN LATERAL quota_unpriced_rate(m.currency, m.org_id) r
 WHERE m.unpriced_events > 0;
 
 -- What quotas count, per org (user_id NULL) and per user of an org, per month: tokens (input + output) and
--- money (priced cost + unpriced tokens at the conservative rate), in the org's currency.
+-- money (priced cost + unpriced tokens at the conservative rate), in the org's currency. A UNION ALL of two
+-- plain aggregates, so a filter on org_id reaches the usage_daily index.
 CREATE VIEW quota_usage_monthly AS
-WITH per_user AS (
-    SELECT d.org_id, d.user_id, date_trunc('month', d.day)::date AS month,
-           sum(d.input_tokens + d.output_tokens) AS tokens,
-           sum(d.cost)                           AS cost,
-           sum(d.unpriced_input_tokens)          AS unpriced_input_tokens,
-           sum(d.unpriced_output_tokens)         AS unpriced_output_tokens
-    FROM usage_daily d
-    GROUP BY d.org_id, d.user_id, date_trunc('month', d.day)
-), scoped AS (
-    SELECT org_id, NULL::text AS user_id, month, sum(tokens) AS tokens, sum(cost) AS cost,
-           sum(unpriced_input_tokens) AS unpriced_input_tokens, sum(unpriced_output_tokens) AS unpriced_output_tokens
-    FROM per_user GROUP BY org_id, month
-    UNION ALL
-    SELECT org_id, user_id, month, tokens, cost, unpriced_input_tokens, unpriced_output_tokens
-    FROM per_user WHERE user_id <> ''
-)
 SELECT s.org_id, s.user_id, s.month, COALESCE(o.currency, 'USD') AS currency, s.tokens, s.cost,
        s.unpriced_input_tokens, s.unpriced_output_tokens,
        s.cost + (s.unpriced_input_tokens * r.input_per_million + s.unpriced_output_tokens * r.output_per_million)
            / 1000000 AS money
-FROM scoped s
+FROM (
+    SELECT d.org_id, NULL::text AS user_id, date_trunc('month', d.day)::date AS month,
+           sum(d.input_tokens + d.output_tokens) AS tokens, sum(d.cost) AS cost,
+           sum(d.unpriced_input_tokens) AS unpriced_input_tokens, sum(d.unpriced_output_tokens) AS unpriced_output_tokens
+    FROM usage_daily d
+    GROUP BY d.org_id, date_trunc('month', d.day)
+    UNION ALL
+    SELECT d.org_id, d.user_id, date_trunc('month', d.day)::date,
+           sum(d.input_tokens + d.output_tokens), sum(d.cost),
+           sum(d.unpriced_input_tokens), sum(d.unpriced_output_tokens)
+    FROM usage_daily d
+    WHERE d.user_id <> ''
+    GROUP BY d.org_id, d.user_id, date_trunc('month', d.day)
+) s
 LEFT JOIN orgs o ON o.org_id = s.org_id
 CROSS JOIN LATERAL quota_unpriced_rate(COALESCE(o.currency, 'USD'), s.org_id) r;
 
 -- Every quota against the current UTC month: used, limit, remaining (negative when over), percent used.
+-- Per quota, a range scan of its org's days this month (usage_daily's primary key leads with org_id, day).
 CREATE VIEW quota_status AS
-SELECT q.quota_id, q.org_id, q.user_id, q.kind, q.mode, q.currency, cm.month,
-       q.quota_limit,
-       COALESCE(CASE q.kind WHEN 'tokens' THEN u.tokens ELSE u.money END, 0)               AS used,
-       q.quota_limit - COALESCE(CASE q.kind WHEN 'tokens' THEN u.tokens ELSE u.money END, 0) AS remaining,
-       round(COALESCE(CASE q.kind WHEN 'tokens' THEN u.tokens ELSE u.money END, 0) * 100 / q.quota_limit, 2)
-                                                                                           AS percent,
-       COALESCE(CASE q.kind WHEN 'tokens' THEN u.tokens ELSE u.money END, 0) >= q.quota_limit AS exceeded,
-       COALESCE(u.unpriced_input_tokens + u.unpriced_output_tokens, 0)                     AS unpriced_tokens,
+SELECT q.quota_id, q.org_id, q.user_id, q.kind, q.mode, q.currency, cm.month, q.quota_limit,
+       x.used,
+       q.quota_limit - x.used                         AS remaining,
+       round(x.used * 100 / q.quota_limit, 2)         AS percent,
+       x.used >= q.quota_limit                        AS exceeded,
+       COALESCE(u.unpriced_input_tokens + u.unpriced_output_tokens, 0) AS unpriced_tokens,
        q.thresholds
 FROM quotas q
 CROSS JOIN (SELECT date_trunc('month', now() AT TIME ZONE 'UTC')::date AS month) cm
-LEFT JOIN quota_usage_monthly u
-       ON u.org_id = q.org_id AND u.user_id IS NOT DISTINCT FROM q.user_id AND u.month = cm.month;
+CROSS JOIN LATERAL (
+    SELECT sum(d.input_tokens + d.output_tokens) AS tokens, sum(d.cost) AS cost,
+           sum(d.unpriced_input_tokens) AS unpriced_input_tokens, sum(d.unpriced_output_tokens) AS unpriced_output_tokens
+    FROM usage_daily d
+    WHERE d.org_id = q.org_id AND d.day >= cm.month AND d.day < (cm.month + interval '1 month')::date
+      AND (q.user_id IS NULL OR d.user_id = q.user_id)
+) u
+LEFT JOIN orgs o ON o.org_id = q.org_id
+CROSS JOIN LATERAL quota_unpriced_rate(COALESCE(o.currency, 'USD'), q.org_id) r
+CROSS JOIN LATERAL (
+    SELECT CASE q.kind
+               WHEN 'tokens' THEN COALESCE(u.tokens, 0)
+               ELSE COALESCE(u.cost, 0) + (COALESCE(u.unpriced_input_tokens, 0) * r.input_per_million
+                                           + COALESCE(u.unpriced_output_tokens, 0) * r.output_per_million) / 1000000
+           END AS used
+) x;
 
 -- The alerts outbox: a threshold crossing is recorded once per (org, user scope, quota, threshold, month)
 -- inside the ingest transaction that caused it, then delivered by an rq job (webhook and log). A kill

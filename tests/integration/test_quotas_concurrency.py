@@ -34,7 +34,9 @@ def test_200_concurrent_reserve_settle_callers_never_overshoot_a_hard_limit(
 ) -> None:
     quotas.set_quota(conn, org_id="busy", kind="tokens", limit=Decimal(LIMIT), mode="hard", redis_client=rconn)
     assert quotas.rebuild_mirror(conn, rconn)
-    client = QuotaClient(redis.Redis.from_url(settings.redis_url, max_connections=64))
+    # threads share a bounded pool and wait for a free connection (a plain pool raises when exhausted)
+    pool64 = redis.BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=10)
+    client = QuotaClient(redis.Redis(connection_pool=pool64))
     start = threading.Barrier(CALLERS)
     rng = random.Random(7)
     actual_inputs = [rng.randint(400, 1000) for _ in range(CALLERS)]  # actual <= estimate
