@@ -511,6 +511,11 @@ def _is_cancel(exc: BaseException) -> bool:
 
 
 def _snapshot(stream: Any) -> Any:
+    # openai's ResponseStream exposes its completed response only on its state object (no public property)
+    state = getattr(stream, "_state", None)
+    completed = getattr(state, "_completed_response", None) if state is not None else None
+    if completed is not None:
+        return completed
     for name in ("current_message_snapshot", "current_completion_snapshot", "current_snapshot"):
         # the SDK asserts a snapshot exists: there is none before the first event
         with contextlib.suppress(Exception):

@@ -348,6 +348,22 @@ def test_openai_gc_and_close_of_sdk_stream(oai: openai.OpenAI, events: Events) -
     assert events[0].estimated and events[0].usage.output_tokens == 1  # "Hello" was read
 
 
+def test_openai_stream_helpers(fake: FakeLLM, oai: openai.OpenAI, events: Events) -> None:
+    client = producer.instrument(oai, org_id="acme", publish=events)
+    with client.chat.completions.stream(model="o3-mini", messages=MSGS) as stream:
+        assert stream.get_final_completion().choices[0].message.content == DEFAULT_MODELS["o3-mini"].reply
+    assert fake.requests[-1].body["stream_options"] == {"include_usage": True}
+    with client.responses.stream(model="gpt-4o-cached", input="hi") as rstream:
+        for _ in rstream:
+            pass
+    with client.chat.completions.stream(model="gpt-4o-mini", messages=MSGS) as stream:
+        for _ in stream:
+            break
+    assert [e.status for e in events] == ["ok", "ok", "aborted"]
+    assert (events[0].usage.output_tokens, events[0].usage.reasoning_tokens) == (150, 128)
+    assert (events[1].usage.input_tokens, events[1].usage.cached_input_tokens) == (1200, 1024)
+
+
 def test_responses_stream(oai: openai.OpenAI, events: Events) -> None:
     client = producer.instrument(oai, org_id="acme", publish=events)
     kinds = [e.type for e in client.responses.create(model="gpt-4o-cached", input="hi", stream=True)]
