@@ -25,8 +25,9 @@ from producer.usage import Usage
 SCHEMA_VERSION = 1
 MAX_COUNT = 2**63 - 1
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-#: service tiers that mean "the standard tier": stored as null (DESIGN.md)
-DEFAULT_TIERS = frozenset({"default", "standard", "auto", ""})
+#: service tiers that mean "the standard tier": stored as null (DESIGN.md); Groq reports its standard
+#: tier as "on_demand", which would otherwise find no null-tier rate
+DEFAULT_TIERS = frozenset({"default", "standard", "auto", "on_demand", ""})
 
 
 def _no_nul(value: str) -> str:

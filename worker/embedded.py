@@ -75,7 +75,7 @@ def _embedded_postgres(notes: list[str]) -> Iterator[str]:
     import pgserver  # a real Postgres shipped as a wheel
 
     datadir = tempfile.mkdtemp(prefix="usagebill-demo-pg-")
-    server = pgserver.get_server(datadir, cleanup_mode="delete")
+    server = pgserver.get_server(datadir, cleanup_mode="delete")  # type: ignore[attr-defined]
     notes.append("Postgres: embedded throwaway server (pgserver)")
     try:
         yield str(server.get_uri())
