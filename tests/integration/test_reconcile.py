@@ -45,7 +45,8 @@ def ev(i: int, org: str, when: str, model: str = "gpt-4o", **usage: int) -> str:
 def load(conn: psycopg.Connection[Any], settings: Settings, rconn: redis.Redis) -> None:
     conn.execute(
         "INSERT INTO rates (provider, model, effective_from, currency, price_input, price_cached_input, "
-        "price_output, price_reasoning, source) VALUES ('openai', 'gpt-4o', '2026-01-01', 'USD', 2.5, 1.25, 10, 12, 't')"
+        "price_output, price_reasoning, source) "
+        "VALUES ('openai', 'gpt-4o', '2026-01-01', 'USD', 2.5, 1.25, 10, 12, 't')"
     )
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     batch = [
