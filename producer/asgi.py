@@ -95,14 +95,21 @@ class _Tap:
             if bytes(k).lower() == b"content-type":
                 ctype = bytes(v).decode("latin-1").lower()
         if "text/event-stream" in ctype:
-            self.kind = "sse"
             self.call = self._new_call()
-            self.parser = SSEParser(self.call)
+            if self.call is not None:
+                self.kind = "sse"
+                self.parser = SSEParser(self.call)
         elif "json" in ctype:
             self.kind = "json"
 
-    def _new_call(self) -> _Call:
+    def _new_call(self) -> _Call | None:
         ctx = current_context().merged(org_id=self.mw.org_from(self.scope), user_id=self.mw.user_from(self.scope))
+        if not ctx.org_id:
+            # nobody to bill: not an error of the response; say so once per request, without a traceback
+            logger.warning(
+                "usagebill: no org for %s (org_from returned nothing): no usage event", self.scope.get("path")
+            )
+            return None
         return _Call(
             provider=self.mw.provider,
             request=self.request(),
@@ -143,6 +150,8 @@ class _Tap:
             except ValueError:
                 return None
             self.call = self._new_call()
+            if self.call is None:
+                return None
             final = status or ("ok" if self.status_code < 400 else "error")
             if self.status_code >= 400:
                 return self.call.finish("error")  # refused or failed: nothing generated, zero usage
