@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
 
 from billing.errors import InputError
 
@@ -41,6 +42,7 @@ _MINOR_UNITS_NOT_2: dict[str, int] = {
 }
 
 
+@cache
 def minor_units(currency: str) -> int:
     """Digits after the decimal point of a currency's minor unit (USD 2, JPY 0, KWD 3)."""
     code = currency.strip().upper()

@@ -75,7 +75,7 @@ def reprice(conn: psycopg.Connection[Any], *, month: date | None = None, dry_run
         conn.execute(query("invoices", "reprice_drop_old_unchanged"))
         current = [r[0] for r in conn.execute(query("invoices", "reprice_current_months")).fetchall()]
         if current:
-            routes = dict(conn.execute(query("ingest", "route_months"), {"months": current}).fetchall())
+            routes = dict(conn.execute(query("invoices", "reprice_route"), {"months": current}).fetchall())
             conn.execute(
                 query("invoices", "reprice_set_months"),
                 {"current": current, "routed": [routes[m] for m in current]},

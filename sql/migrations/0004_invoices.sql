@@ -67,17 +67,16 @@ $$;
 CREATE TRIGGER invoices_immutable BEFORE UPDATE OR DELETE ON invoices
     FOR EACH ROW EXECUTE FUNCTION invoices_immutable();
 
--- Lines of a finalized invoice: no UPDATE, no DELETE, and no new line either.
+-- Lines of a finalized invoice: no UPDATE, no DELETE (row triggers) and no new line either (checked
+-- once per INSERT statement over its transition table: a close inserts tens of thousands of lines).
 CREATE FUNCTION invoice_lines_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     inv invoices%ROWTYPE;
 BEGIN
-    SELECT * INTO inv FROM invoices
-     WHERE invoice_id = CASE WHEN TG_OP = 'INSERT' THEN NEW.invoice_id ELSE OLD.invoice_id END;
+    SELECT * INTO inv FROM invoices WHERE invoice_id = OLD.invoice_id;
     IF inv.status = 'finalized' THEN
         RAISE EXCEPTION 'invoice % (org %, month %, number %) is finalized and immutable: % of line % rejected',
-            inv.invoice_id, inv.org_id, to_char(inv.month, 'YYYY-MM'), inv.number, TG_OP,
-            CASE WHEN TG_OP = 'INSERT' THEN NEW.line_no ELSE OLD.line_no END
+            inv.invoice_id, inv.org_id, to_char(inv.month, 'YYYY-MM'), inv.number, TG_OP, OLD.line_no
             USING ERRCODE = 'integrity_constraint_violation',
                   HINT = 'post an adjustment on a later invoice (late usage or reprice) instead';
     END IF;
@@ -88,8 +87,29 @@ BEGIN
 END;
 $$;
 
-CREATE TRIGGER invoice_lines_immutable BEFORE INSERT OR UPDATE OR DELETE ON invoice_lines
+CREATE TRIGGER invoice_lines_immutable BEFORE UPDATE OR DELETE ON invoice_lines
     FOR EACH ROW EXECUTE FUNCTION invoice_lines_immutable();
+
+CREATE FUNCTION invoice_lines_no_late_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    inv invoices%ROWTYPE;
+BEGIN
+    SELECT i.* INTO inv FROM invoices i
+     WHERE i.status = 'finalized' AND i.invoice_id IN (SELECT invoice_id FROM new_lines)
+     LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'invoice % (org %, month %, number %) is finalized and immutable: INSERT of lines rejected',
+            inv.invoice_id, inv.org_id, to_char(inv.month, 'YYYY-MM'), inv.number
+            USING ERRCODE = 'integrity_constraint_violation',
+                  HINT = 'post an adjustment on a later invoice (late usage or reprice) instead';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER invoice_lines_no_late_insert AFTER INSERT ON invoice_lines
+    REFERENCING NEW TABLE AS new_lines
+    FOR EACH STATEMENT EXECUTE FUNCTION invoice_lines_no_late_insert();
 
 -- TRUNCATE skips row triggers: refuse it outright on both tables.
 CREATE FUNCTION invoices_no_truncate() RETURNS trigger LANGUAGE plpgsql AS $$

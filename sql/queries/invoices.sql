@@ -143,6 +143,11 @@ DELETE FROM reprice_old o
 -- name: reprice_current_months
 SELECT DISTINCT billing_month FROM reprice_new ORDER BY 1
 
+-- name: reprice_route
+-- The ingest area's routing (0003): each current billing month to itself when open, else the earliest
+-- later open month; the month rows stay locked FOR SHARE, so a close waits for this reprice.
+SELECT usage_month, billing_month FROM route_billing_months(%(months)s::date[])
+
 -- name: reprice_set_months
 -- Both copies move to the routed billing month: the reversal and the re-bill land on one invoice.
 UPDATE reprice_new n SET billing_month = r.billing_month
