@@ -77,6 +77,12 @@ class PublisherConfig(BaseSettings):
     socket_timeout: float = Field(
         0.05, alias="USAGEBILL_REDIS_SOCKET_TIMEOUT", gt=0, description="Seconds to wait on one Redis reply."
     )
+    background_timeout: float = Field(
+        0.5,
+        alias="USAGEBILL_REDIS_BACKGROUND_TIMEOUT",
+        gt=0,
+        description="Connect and socket timeout of the Redis I/O done off the app thread (flushes, replays).",
+    )
     breaker_open_seconds: float = Field(
         2.0, alias="USAGEBILL_BREAKER_SECONDS", gt=0, description="Seconds Redis is left alone after a failure."
     )
@@ -146,8 +152,9 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._replay_wanted = True  # look at the spool dir once at start: a dead process may have left files
         self._breaker = _Breaker(self.config.breaker_open_seconds)
-        self._redis: Redis | None = None
-        self._queue: Queue | None = None
+        # two pools: tight timeouts where an app thread waits (direct mode), patient ones for the background
+        # thread and explicit flushes, where a slow reply is better than a second copy of a batch
+        self._conns: dict[bool, tuple[Redis, Queue]] = {}
         self._spool = Spool(self.spool_dir, self.destination)
         self._last_drop_log = 0.0
         self._retry = Retry(max=jobspec.RETRY_MAX, interval=list(jobspec.RETRY_INTERVALS))
@@ -228,7 +235,7 @@ class Publisher:
 
     def ping(self) -> None:
         """Check that Redis answers within the configured timeouts; raises the Redis error otherwise."""
-        redis, _ = self._connection()
+        redis, _ = self._connection(patient=True)
         redis.ping()
 
     def replay(self, all_destinations: bool = False) -> ReplayReport:
@@ -264,25 +271,27 @@ class Publisher:
         self._spool.close()
         if self.dropped:
             logger.warning("usagebill publisher closed: %d events were dropped (buffer full)", self.dropped)
-        if self._redis is not None:
+        for redis, _ in self._conns.values():
             with contextlib.suppress(Exception):
-                self._redis.connection_pool.disconnect()
+                redis.connection_pool.disconnect()
         _live.discard(self)
 
     # -- sending -----------------------------------------------------------------------------------------------
 
-    def _connection(self) -> tuple[Redis, Queue]:
-        if self._redis is None or self._queue is None:
+    def _connection(self, patient: bool = False) -> tuple[Redis, Queue]:
+        conn = self._conns.get(patient)
+        if conn is None:
+            cfg = self.config
             pool = ConnectionPool.from_url(
-                self.config.redis_url,
-                socket_connect_timeout=self.config.connect_timeout,
-                socket_timeout=self.config.socket_timeout,
+                cfg.redis_url,
+                socket_connect_timeout=cfg.background_timeout if patient else cfg.connect_timeout,
+                socket_timeout=cfg.background_timeout if patient else cfg.socket_timeout,
                 # no retries inside redis-py: a failed call is spooled at once and the breaker opens
                 retry=RedisRetry(NoBackoff(), 0),
             )
-            self._redis = Redis(connection_pool=pool)
-            self._queue = Queue(self.config.queue, connection=self._redis, serializer=JSONSerializer)
-        return self._redis, self._queue
+            redis = Redis(connection_pool=pool)
+            conn = self._conns[patient] = (redis, Queue(cfg.queue, connection=redis, serializer=JSONSerializer))
+        return conn
 
     def _batches(self, texts: Sequence[str]) -> list[list[str]]:
         size, max_bytes = self.config.batch_size, self.config.batch_max_bytes
@@ -302,14 +311,14 @@ class Publisher:
 
     def enqueue(self, texts: Sequence[str]) -> None:
         """Enqueue the events as jobs of bounded batches, a few jobs per MULTI/EXEC. Raises on failure."""
-        for _ in self._enqueue_steps(texts):
+        for _ in self._enqueue_steps(texts, patient=True):
             pass
 
-    def _enqueue_steps(self, texts: Sequence[str]) -> Iterator[int]:
+    def _enqueue_steps(self, texts: Sequence[str], patient: bool) -> Iterator[int]:
         """Enqueue group after group of jobs, yielding how many events (a prefix of `texts`) are in Redis."""
         if not texts:
             return
-        _, queue = self._connection()
+        _, queue = self._connection(patient)
         batches = self._batches(texts)
         done = 0
         # a few jobs per round trip keeps each transaction (and the socket timeout it must meet) small
@@ -334,14 +343,14 @@ class Publisher:
             done += sum(len(batch) for batch in group)
             yield done
 
-    def _deliver(self, texts: list[str]) -> None:
-        """Enqueue, or spool when Redis is away. Never raises."""
+    def _deliver(self, texts: list[str], patient: bool = False) -> None:
+        """Enqueue, or spool when Redis is away. Never raises. `patient`: not on an app thread's hot path."""
         if not texts:
             return
         if self._breaker.allows():
             done = 0
             try:
-                for done in self._enqueue_steps(texts):  # noqa: B007 (read after the loop)
+                for done in self._enqueue_steps(texts, patient):  # noqa: B007 (read after the loop)
                     pass
             except Exception as exc:
                 # only what Redis did not take goes to the spool
@@ -389,7 +398,7 @@ class Publisher:
         while self._buffer:
             if deadline is not None and time.monotonic() > deadline:
                 return
-            self._deliver(self._take(chunk))
+            self._deliver(self._take(chunk), patient=True)
 
     def _count_drop(self, n: int, why: str) -> None:
         self.dropped += n
@@ -448,7 +457,7 @@ class Publisher:
 
     def _probe(self) -> bool:
         try:
-            redis, _ = self._connection()
+            redis, _ = self._connection(patient=True)
             redis.ping()
         except Exception:
             self._breaker.failed()

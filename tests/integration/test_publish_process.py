@@ -38,7 +38,7 @@ def test_fork_gives_the_child_a_fresh_publisher(redis_url: str, tmp_path: Path, 
                 ok = (
                     pub.buffered == 0  # the parent's events are the parent's to send
                     and pub._thread is None
-                    and pub._redis is None
+                    and pub._conns == {}
                     and pub.pid == os.getpid()
                     and pub.stats()["published"] == 0
                 )

@@ -43,6 +43,7 @@ def cli_publisher(settings: Settings, spool_dir: str | None = None) -> Publisher
             # a command is not an app thread on a hot path: wait for Redis like any client would
             connect_timeout=5.0,
             socket_timeout=30.0,
+            background_timeout=30.0,
             handle_sigterm=False,
         )
     )
