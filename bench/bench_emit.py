@@ -111,7 +111,7 @@ def run(url: str, n: int, direct_n: int, spool: str) -> bool:
     pub.flush()
     buffered = timed(producer.emit, evs)  # type: ignore[arg-type]
     pub.flush(30)
-    sent = pub.stats()
+    sent = pub.counters()
     pub.close()
     publisher_module._default = None
     queued = sum(
@@ -136,7 +136,7 @@ def run(url: str, n: int, direct_n: int, spool: str) -> bool:
         direct += timed(direct_pub.publish, devs[chunk])  # type: ignore[arg-type]
         bare += timed(lambda t: bare_q.enqueue(jobspec.INGEST_FUNC, [t]), texts[chunk])  # type: ignore[arg-type]
         client.flushdb()
-    direct_stats = direct_pub.stats()
+    direct_stats = direct_pub.counters()
     direct_pub.close()
 
     ratio_p50 = pct(direct, 50) / pct(bare, 50)

@@ -177,8 +177,8 @@ class Publisher:
         """Events waiting in memory."""
         return len(self._buffer)
 
-    def stats(self) -> dict[str, int]:
-        """Counters since this process started publishing."""
+    def counters(self) -> dict[str, int]:
+        """Counters since this process started publishing (a forked child starts at zero)."""
         return {
             "published": self.published,
             "spooled": self.spooled,

@@ -78,7 +78,7 @@ def test_redis_stopped_mid_run_loses_nothing_and_replays_once(server: RedisServe
         emit_phase(2000, 1000)
         pub.flush(timeout=10)
         # the spool is replayed by the publisher's own thread once Redis answers again
-        assert wait_for(lambda: pub.replayed == pub.spooled and not spool_files(spool), 20), pub.stats()
+        assert wait_for(lambda: pub.replayed == pub.spooled and not spool_files(spool), 20), pub.counters()
         ids = queued_event_ids(server.client())
     finally:
         pub.close()
@@ -154,7 +154,7 @@ def test_a_frozen_redis_never_stalls_the_app_thread(server: RedisServer, tmp_pat
         assert len(spooled_ids) == 100
         os.kill(server.proc.pid, signal.SIGCONT)
         # nothing more is published: the publisher's thread replays once Redis answers again
-        assert wait_for(lambda: pub.replayed == 100 and not spool_files(spool)), pub.stats()
+        assert wait_for(lambda: pub.replayed == 100 and not spool_files(spool)), pub.counters()
         ids = queued_event_ids(server.client())
     finally:
         pub.close()

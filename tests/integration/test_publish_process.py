@@ -40,7 +40,7 @@ def test_fork_gives_the_child_a_fresh_publisher(redis_url: str, tmp_path: Path, 
                     and pub._thread is None
                     and pub._conns == {}
                     and pub.pid == os.getpid()
-                    and pub.stats()["published"] == 0
+                    and pub.counters()["published"] == 0
                 )
                 pub.publish(event(100))
                 pub.flush(5)

@@ -59,7 +59,7 @@ def test_direct_mode_enqueues_each_event_before_publish_returns(make_publisher, 
         assert len(queued_jobs(rconn)) == i  # already on the queue when publish() returned
     jobs = queued_jobs(rconn)
     assert [job.args for job in jobs] == [[[ev.model_dump_json()]] for ev in events]
-    assert pub.stats() == {"published": 3, "spooled": 0, "dropped": 0, "replayed": 0, "buffered": 0}
+    assert pub.counters() == {"published": 3, "spooled": 0, "dropped": 0, "replayed": 0, "buffered": 0}
 
 
 def test_jobs_follow_the_contract(make_publisher, rconn: redis.Redis) -> None:
@@ -135,7 +135,7 @@ def test_full_buffer_drops_are_counted_and_reported(
     assert any("dropped" in r.getMessage() and "buffer full" in r.getMessage() for r in caplog.records)
     pub.flush()
     assert queued_event_ids(rconn) == [f"ev_pub_{i:06d}" for i in range(10)]
-    assert pub.stats()["published"] == 10
+    assert pub.counters()["published"] == 10
 
 
 def test_unreachable_redis_spools_without_raising(make_publisher, tmp_path: Path) -> None:
