@@ -187,6 +187,9 @@ class Publisher:
             "buffered": len(self._buffer),
         }
 
+    #: the same counters under the other name callers use
+    stats = counters
+
     def publish(self, event: UsageEvent) -> None:
         """Accept one event. Never raises: a failure to publish becomes spooling or a counted drop."""
         try:
