@@ -1,0 +1,60 @@
+"""Pure logic of publishing: batch cutting, spool line parsing, ingest line checks (no services)."""
+
+from __future__ import annotations
+
+import json
+
+from producer import Publisher
+from producer.spool import ReplayReport, read_lines
+from tests.publish_support import event
+from worker.commands.ingest import check_line
+
+
+def _publisher(**kw: object) -> Publisher:
+    return Publisher(
+        redis_url="redis://127.0.0.1:1/0", spool_dir="/nonexistent/never-created", handle_sigterm=False, **kw
+    )
+
+
+def test_batches_respect_count_and_bytes_and_keep_order() -> None:
+    pub = _publisher(batch_size=3, batch_max_bytes=2000)
+    texts = [json.dumps({"event_id": f"e{i}", "pad": "x" * 300}) for i in range(10)]
+    batches = pub._batches(texts)
+    assert [t for b in batches for t in b] == texts
+    assert all(len(b) <= 3 for b in batches)
+    assert all(sum(len(json.dumps(t)) + 2 for t in b) <= 2000 for b in batches)
+    pub.close()
+
+
+def test_an_event_larger_than_the_byte_bound_travels_alone() -> None:
+    pub = _publisher(batch_max_bytes=1024)
+    big = json.dumps({"event_id": "big", "pad": "y" * 5000})
+    assert pub._batches(["a", big, "b"]) == [["a"], [big], ["b"]]
+    pub.close()
+
+
+def test_read_lines_reports_torn_tail_and_bad_lines() -> None:
+    report = ReplayReport()
+    texts = read_lines(b'{"a":1}\n\nnot json\n{"b":2}\n{"c":', "f", report)
+    assert texts == ['{"a":1}', '{"b":2}']
+    assert (report.torn_lines, report.bad_lines) == (1, 1)
+
+
+def test_read_lines_of_a_clean_file() -> None:
+    report = ReplayReport()
+    assert read_lines(b'{"a":1}\n', "f", report) == ['{"a":1}']
+    assert (report.torn_lines, report.bad_lines) == (0, 0)
+
+
+def test_check_line_reasons() -> None:
+    good = event(1).model_dump_json()
+    obj = json.loads(good)
+    no_id = {k: v for k, v in obj.items() if k != "event_id"}
+    assert check_line(good) is None
+    assert str(check_line("nope")).startswith("not JSON")
+    assert check_line("3") == "not a JSON object"
+    assert check_line(json.dumps(no_id)) == "no event_id"
+    assert str(check_line(json.dumps({**obj, "event_id": ""}))).startswith("invalid event_id")
+    assert str(check_line(json.dumps({**obj, "event_id": 7}))).startswith("invalid event_id")
+    # no UTC offset: the validation error names the field
+    assert str(check_line(json.dumps({**obj, "occurred_at": "2026-01-01T00:00:00"}))).startswith("occurred_at")
