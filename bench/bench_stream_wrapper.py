@@ -4,7 +4,8 @@ Streams of N chunks as the SDKs deliver them: openai `ChatCompletionChunk` objec
 a finish chunk, the final usage chunk), the same chunks as dicts, anthropic stream events, and raw
 SSE lines. Each is iterated plainly and through the wrapper (`instrument()`'s selector for SDK
 chunks, `track_stream` for dicts, `track_sse_lines` for lines); the wrapped time includes the one
-event built at the end (publishing goes to a no-op). Best of REPEATS runs, same process, same data.
+event built at the end (publishing goes to a no-op). Best of REPEATS runs, same process, same data,
+timed in CPU time (`time.process_time`): on a shared, loaded machine wall time swings several-fold.
 Run: .venv/bin/python bench/bench_stream_wrapper.py [N]
 """
 
@@ -97,9 +98,9 @@ def anthropic_dicts(n: int) -> list[dict[str, Any]]:
 def best(fn: Callable[[], None]) -> float:
     times = []
     for _ in range(REPEATS):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return min(times)
 
 
@@ -183,9 +184,9 @@ def async_overhead(chunks: list[Any], n: int) -> tuple[float, float]:
     def timed(coro_fn: Callable[[], Any]) -> float:
         times = []
         for _ in range(REPEATS):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             asyncio.run(coro_fn())
-            times.append(time.perf_counter() - t0)
+            times.append(time.process_time() - t0)
         return min(times)
 
     return timed(plain_run), timed(wrapped_run)
@@ -217,15 +218,15 @@ def main() -> None:
     )
     lines = sse_lines(dicts, events=False)
     report(
-        f"openai SSE lines (track_sse_lines, {len(lines)} lines)",
-        len(lines),
+        f"openai SSE, {len(lines) / n:.0f} lines/chunk (track_sse_lines)",
+        n,
         best(plain(lines)),
         best(wrapped_lines(lines, "openai")),
     )
     alines = sse_lines(adicts, events=True)
     report(
-        f"anthropic SSE lines ({len(alines)} lines)",
-        len(alines),
+        f"anthropic SSE, {len(alines) / n:.0f} lines/chunk (track_sse_lines)",
+        n,
         best(plain(alines)),
         best(wrapped_lines(alines, "anthropic")),
     )

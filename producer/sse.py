@@ -97,7 +97,7 @@ def _pump_lines(it: Iterator[str | bytes], call: _Call, parser: SSEParser) -> Ge
     try:
         for line in it:
             if type(line) is str:
-                feed(line.rstrip("\r\n"))
+                feed(line.rstrip("\r\n") if line.endswith(("\n", "\r")) else line)  # no copy for httpx lines
             else:
                 text = _decode(line)
                 if text is not None:
