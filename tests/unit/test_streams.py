@@ -404,11 +404,9 @@ def test_anthropic_create_and_stream_helper(fake: FakeLLM, events: Events) -> No
     assert (events[2].usage.input_tokens, events[2].usage.output_tokens) == (15, 4)
 
 
-def test_fan_out_threads_each_get_their_event(fake: FakeLLM, events: Events) -> None:
+def test_fan_out_threads_each_get_their_event(oai: openai.OpenAI, events: Events) -> None:
     models = ["gpt-4o-mini", "o3-mini", "gpt-4o-cached", "slow-model", "no-usage-model"]
-    client = producer.instrument(
-        openai.OpenAI(base_url=fake.url, api_key="test", max_retries=0), org_id="acme", publish=events
-    )
+    client = producer.instrument(oai, org_id="acme", publish=events)
     texts: dict[str, str] = {}
 
     def run(model: str) -> None:
