@@ -46,26 +46,29 @@ FROM (
 ) s;
 
 -- name: record_alerts
--- Threshold crossings of the given (org, month) pairs, recorded once each (the outbox's unique key).
+-- Threshold crossings of the given (org, month) pairs, recorded once each (the outbox's unique key). Per
+-- quota and month, one range scan of the org's days (LATERAL: the usage_daily primary key is used).
 WITH om AS (
     SELECT DISTINCT org_id, month FROM unnest(%(org_ids)s::text[], %(months)s::date[]) AS t(org_id, month)
 ), usage AS (
     SELECT q.quota_id, q.org_id, q.user_id, q.kind, q.quota_limit, q.currency, q.thresholds, om.month,
-           CASE q.kind WHEN 'tokens' THEN u.tokens ELSE u.money END AS used
+           CASE q.kind
+               WHEN 'tokens' THEN u.tokens
+               ELSE u.cost + (u.ui * r.input_per_million + u.uo * r.output_per_million) / 1000000
+           END AS used
     FROM om
     JOIN quotas q ON q.org_id = om.org_id
-    JOIN LATERAL (
-        SELECT sum(d.input_tokens + d.output_tokens) AS tokens,
-               sum(d.cost) + (sum(d.unpriced_input_tokens) * r.input_per_million
-                              + sum(d.unpriced_output_tokens) * r.output_per_million) / 1000000 AS money
+    CROSS JOIN LATERAL (
+        SELECT sum(d.input_tokens + d.output_tokens) AS tokens, sum(d.cost) AS cost,
+               sum(d.unpriced_input_tokens) AS ui, sum(d.unpriced_output_tokens) AS uo
         FROM usage_daily d
-        CROSS JOIN quota_unpriced_rate(
-            COALESCE((SELECT o.currency FROM orgs o WHERE o.org_id = q.org_id), 'USD'), q.org_id) r
         WHERE d.org_id = q.org_id
           AND d.day >= om.month AND d.day < (om.month + interval '1 month')::date
           AND (q.user_id IS NULL OR d.user_id = q.user_id)
-        GROUP BY r.input_per_million, r.output_per_million
-    ) u ON true
+    ) u
+    LEFT JOIN orgs o ON o.org_id = q.org_id
+    CROSS JOIN LATERAL quota_unpriced_rate(COALESCE(o.currency, 'USD'), q.org_id) r
+    WHERE u.tokens IS NOT NULL
 )
 INSERT INTO alerts (org_id, user_id, quota_id, threshold, month, kind, quota_limit, used, currency)
 SELECT u.org_id, u.user_id, u.quota_id, t.threshold, u.month, u.kind, u.quota_limit, u.used, u.currency
@@ -78,35 +81,30 @@ ON CONFLICT ON CONSTRAINT alerts_once DO NOTHING;
 -- Absolute totals of the given (org, month) pairs for the mirror: the org scope (user_id NULL) and each
 -- user that has a quota of its own; tokens and money in nano-units (rounded up: conservative). `stamp`
 -- orders reads: a snapshot taken later has an xmax at least as large, so the mirror keeps the newest.
+-- Per scope, one range scan of the org's days (LATERAL: the usage_daily primary key is used).
 WITH om AS (
     SELECT DISTINCT om.org_id, om.month
     FROM unnest(%(org_ids)s::text[], %(months)s::date[]) AS om(org_id, month)
     WHERE EXISTS (SELECT 1 FROM quotas q WHERE q.org_id = om.org_id)
-), per_user AS (
-    SELECT om.org_id, om.month, d.user_id,
-           sum(d.input_tokens + d.output_tokens) AS tokens, sum(d.cost) AS cost,
-           sum(d.unpriced_input_tokens) AS ui, sum(d.unpriced_output_tokens) AS uo
-    FROM om
-    JOIN usage_daily d ON d.org_id = om.org_id AND d.day >= om.month AND d.day < (om.month + interval '1 month')::date
-    GROUP BY om.org_id, om.month, d.user_id
-), scoped AS (
-    SELECT om.org_id, om.month, NULL::text AS user_id,
-           COALESCE(sum(p.tokens), 0) AS tokens, COALESCE(sum(p.cost), 0) AS cost,
-           COALESCE(sum(p.ui), 0) AS ui, COALESCE(sum(p.uo), 0) AS uo
-    FROM om LEFT JOIN per_user p ON p.org_id = om.org_id AND p.month = om.month
-    GROUP BY om.org_id, om.month
-    UNION ALL
-    SELECT q.org_id, om.month, q.user_id, COALESCE(p.tokens, 0), COALESCE(p.cost, 0), COALESCE(p.ui, 0),
-           COALESCE(p.uo, 0)
-    FROM om
-    JOIN (SELECT DISTINCT org_id, user_id FROM quotas WHERE user_id IS NOT NULL) q ON q.org_id = om.org_id
-    LEFT JOIN per_user p ON p.org_id = om.org_id AND p.month = om.month AND p.user_id = q.user_id
+), scopes AS (
+    SELECT om.org_id, om.month, NULL::text AS user_id FROM om
+    UNION
+    SELECT om.org_id, om.month, q.user_id FROM om JOIN quotas q ON q.org_id = om.org_id AND q.user_id IS NOT NULL
 )
-SELECT s.org_id, s.month, s.user_id, s.tokens::text AS tokens,
-       ceil((s.cost + (s.ui * r.input_per_million + s.uo * r.output_per_million) / 1000000) * 1000000000)::text
-           AS nanos,
+SELECT s.org_id, s.month, s.user_id,
+       COALESCE(u.tokens, 0)::text AS tokens,
+       ceil((COALESCE(u.cost, 0) + (COALESCE(u.ui, 0) * r.input_per_million + COALESCE(u.uo, 0) * r.output_per_million)
+             / 1000000) * 1000000000)::text AS nanos,
        pg_snapshot_xmax(pg_current_snapshot())::text AS stamp
-FROM scoped s
+FROM scopes s
+CROSS JOIN LATERAL (
+    SELECT sum(d.input_tokens + d.output_tokens) AS tokens, sum(d.cost) AS cost,
+           sum(d.unpriced_input_tokens) AS ui, sum(d.unpriced_output_tokens) AS uo
+    FROM usage_daily d
+    WHERE d.org_id = s.org_id
+      AND d.day >= s.month AND d.day < (s.month + interval '1 month')::date
+      AND (s.user_id IS NULL OR d.user_id = s.user_id)
+) u
 LEFT JOIN orgs o ON o.org_id = s.org_id
 CROSS JOIN LATERAL quota_unpriced_rate(COALESCE(o.currency, 'USD'), s.org_id) r
 ORDER BY s.org_id, s.month;
