@@ -143,7 +143,14 @@ class _Tap:
             return None
         self.finished = True
         if self.kind == "json":
-            if self.body_too_big or not self.body:
+            if self.body_too_big:
+                logger.warning(
+                    "usagebill: JSON response on %s over %d bytes: not read, no event",
+                    self.scope.get("path"),
+                    self.mw.max_json_bytes,
+                )
+                return None
+            if not self.body:
                 return None
             try:
                 payload = json.loads(self.body)
