@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 import redis
 
@@ -144,3 +146,19 @@ def test_spool_replay_command(cli_env: dict[str, str], tmp_path: Path, rconn: re
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["events"] == 1
     assert queued_event_ids(rconn) == ["ev_pub_000000", "ev_pub_000001", "ev_pub_000002", "ev_pub_000010"]
+
+
+@pytest.mark.slow
+@pytest.mark.db
+def test_importing_a_file_twice_is_a_no_op_once_ingested(
+    cli_env: dict[str, str], tmp_path: Path, conn: psycopg.Connection[Any]
+) -> None:
+    path = tmp_path / "import.jsonl"
+    path.write_text("\n".join(good_lines(20)) + "\n")
+    for _ in range(2):
+        result = usagebill(["ingest", str(path)], cli_env)
+        assert result.returncode == 0, result.stderr
+    result = usagebill(["worker", "--burst"], cli_env)
+    assert result.returncode == 0, result.stderr
+    events = conn.execute("SELECT count(*), count(DISTINCT event_id) FROM events").fetchone()
+    assert events == (20, 20)
