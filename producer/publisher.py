@@ -150,6 +150,7 @@ class Publisher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._replay_thread: threading.Thread | None = None
         self._replay_wanted = True  # look at the spool dir once at start: a dead process may have left files
         self._breaker = _Breaker(self.config.breaker_open_seconds)
         # two pools: tight timeouts where an app thread waits (direct mode), patient ones for the background
@@ -262,9 +263,9 @@ class Publisher:
         self._closed = True
         self._stop.set()
         self._wake.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        for thread in (self._thread, self._replay_thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout)
         if self._buffer:  # the flush timed out: whatever is left still goes to disk
             self._spool_texts(self._take_all(), "closing")
         if self._spool.pending and self._probe():
@@ -439,7 +440,7 @@ class Publisher:
                     with self._send_lock:
                         self._drain(None)
                 if self._replay_wanted and self._breaker.allows():
-                    self._background_replay()
+                    self._start_replay()
             except Exception:  # the thread must survive anything: it is the only flusher
                 logger.exception("usagebill publisher thread error")
             if self._replay_wanted:
@@ -448,15 +449,29 @@ class Publisher:
             else:
                 interval = self.config.flush_interval
 
+    def _start_replay(self) -> None:
+        # a thread of its own: a long outage's backlog must not hold back the flushes of new events
+        with self._state_lock:
+            if self._closed or (self._replay_thread is not None and self._replay_thread.is_alive()):
+                return
+            thread = threading.Thread(target=self._background_replay, name="usagebill-replay", daemon=True)
+            self._replay_thread = thread
+        thread.start()
+
     def _background_replay(self) -> None:
-        with self._send_lock:
-            if not self._breaker.is_open or self._probe():
-                report = self.replay()
-                if report.failed_files == 0:
-                    self._spool.pending = 0
-                    self._replay_wanted = False
-                if report.events:
-                    logger.info("usagebill: replayed %d spooled events from %d files", report.events, report.files)
+        try:
+            if self._breaker.is_open and not self._probe():
+                return
+            spooled_before = self.spooled
+            report = self.replay()
+            # events spooled while we replayed may sit in a file this pass did not take: keep wanting
+            if report.failed_files == 0 and self.spooled == spooled_before:
+                self._spool.pending = 0
+                self._replay_wanted = False
+            if report.events:
+                logger.info("usagebill: replayed %d spooled events from %d files", report.events, report.files)
+        except Exception:
+            logger.exception("usagebill publisher replay error")
 
     def _probe(self) -> bool:
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlsplit
 
 logger = logging.getLogger("usagebill.producer")
@@ -33,6 +35,9 @@ logger = logging.getLogger("usagebill.producer")
 SPOOL_PREFIX = "spool-"
 SPOOL_SUFFIX = ".jsonl"
 _TMP_PREFIX = ".tmp-spool-"
+
+#: events read from a spool file and handed to `send` at a time during a replay
+REPLAY_CHUNK = 10_000
 
 #: sends a list of event JSON texts to Redis, raising on failure (the publisher's batching enqueue)
 SendFn = Callable[[Sequence[str]], None]
@@ -48,6 +53,8 @@ class ReplayReport:
     bad_lines: int = 0
     locked_files: int = 0
     failed_files: int = 0
+    #: events of a failed file that did reach Redis before the failure (they go again with the file)
+    events_resent_later: int = 0
     errors: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
@@ -191,24 +198,37 @@ def _mtime(path: Path) -> float:
 
 def read_lines(data: bytes, source: str, report: ReplayReport) -> list[str]:
     """The events of one spool file's bytes; a torn last line or a line that is not JSON is reported and skipped."""
-    lines = data.split(b"\n")
-    tail = lines.pop()  # empty when the file ends with a newline, the torn part otherwise
-    if tail:
-        report.torn_lines += 1
-        logger.warning("spool %s: torn last line (%d bytes, never fsync'd) skipped", source, len(tail))
-    texts: list[str] = []
-    for number, raw in enumerate(lines, start=1):
+    return list(iter_lines(io.BytesIO(data), source, report))
+
+
+def iter_lines(stream: BinaryIO, source: str, report: ReplayReport) -> Iterator[str]:
+    """The events of a spool file, streamed; a torn last line or a line that is not JSON is reported and skipped."""
+    for number, raw in enumerate(stream, start=1):
+        if not raw.endswith(b"\n"):  # only the last line can lack its newline: a write cut short
+            report.torn_lines += 1
+            logger.warning("spool %s: torn last line (%d bytes, never fsync'd) skipped", source, len(raw))
+            return
         if not raw.strip():
             continue
         try:
-            text = raw.decode()
+            text = raw[:-1].decode()
             json.loads(text)
         except ValueError as exc:
             report.bad_lines += 1
             logger.warning("spool %s line %d: not a JSON event (%s); skipped", source, number, exc)
             continue
-        texts.append(text)
-    return texts
+        yield text
+
+
+def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 @contextlib.contextmanager
@@ -245,20 +265,24 @@ def replay_dir(directory: str | os.PathLike[str], send: SendFn, *, tag: str | No
                 if path.exists():
                     report.locked_files += 1
                 continue
-            with os.fdopen(os.dup(fd), "rb") as fh:
-                data = fh.read()
-            texts = read_lines(data, path.name, report)
+            sent = 0
             try:
-                send(texts)
+                # in chunks: a long outage's file need not fit in memory
+                with os.fdopen(os.dup(fd), "rb") as fh:
+                    for chunk in _chunks(iter_lines(fh, path.name, report), REPLAY_CHUNK):
+                        send(chunk)
+                        sent += len(chunk)
             except Exception as exc:
+                # the chunks already sent will be sent again by the next replay: the event ids make that safe
                 report.failed_files += 1
+                report.events_resent_later += sent
                 report.errors.append(f"{path.name}: {exc}")
                 logger.warning("spool replay of %s failed, file kept: %s", path.name, exc)
                 break
             # unlinked while still locked: a replay waiting on this lock sees st_nlink == 0 and skips it
             path.unlink()
             report.files += 1
-            report.events += len(texts)
+            report.events += sent
     if report.files:
         with contextlib.suppress(OSError):
             _fsync_dir(Path(directory).expanduser())

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
 
 from producer import Publisher
+from producer import spool as spool_module
 from producer.spool import ReplayReport, read_lines
 from tests.publish_support import event
 from worker.commands.ingest import check_line
@@ -58,3 +63,27 @@ def test_check_line_reasons() -> None:
     assert str(check_line(json.dumps({**obj, "event_id": 7}))).startswith("invalid event_id")
     # no UTC offset: the validation error names the field
     assert str(check_line(json.dumps({**obj, "occurred_at": "2026-01-01T00:00:00"}))).startswith("occurred_at")
+
+
+def test_replay_streams_a_file_in_chunks_and_keeps_it_when_a_chunk_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "REPLAY_CHUNK", 2)
+    path = tmp_path / "spool-any-1-aa.jsonl"
+    path.write_text("".join(json.dumps({"event_id": f"e{i}"}) + "\n" for i in range(5)))
+    sent: list[list[str]] = []
+
+    def failing_second(chunk: Sequence[str]) -> None:
+        if len(sent) == 1:
+            raise ConnectionError("Redis went away")
+        sent.append(list(chunk))
+
+    report = spool_module.replay_dir(tmp_path, failing_second)
+    assert (report.failed_files, report.files, report.events, report.events_resent_later) == (1, 0, 0, 2)
+    assert path.exists()
+
+    sent.clear()
+    report = spool_module.replay_dir(tmp_path, lambda chunk: sent.append(list(chunk)))
+    assert [len(c) for c in sent] == [2, 2, 1]
+    assert (report.files, report.events) == (1, 5)
+    assert not path.exists()
