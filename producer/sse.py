@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import weakref
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from typing import Any
@@ -72,6 +73,10 @@ class SSEParser:
         return "error" if self.error else "ok"
 
 
+#: other places a data line may carry usage (Groq, Gemini, google-genai, Hunyuan, Ollama native, Bedrock)
+_OTHER_USAGE = re.compile(r'"(?:x_groq|usageMetadata|usage_metadata|Usage|eval_count|metadata)"')
+
+
 def _has_usage(data: str) -> bool:
     # OpenAI-style streams send `"usage": null` on every chunk once usage is asked for: only a non-null one counts
     i = data.find('"usage"')
@@ -79,7 +84,7 @@ def _has_usage(data: str) -> bool:
         if data[i + 7 : i + 16].lstrip(" :")[:4] != "null":
             return True
         i = data.find('"usage"', i + 7)
-    return False
+    return _OTHER_USAGE.search(data) is not None
 
 
 def _decode(line: str | bytes) -> str | None:

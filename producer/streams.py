@@ -322,6 +322,33 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+#: keys under which a chunk (as a mapping) may carry usage: OpenAI-style `usage`, Groq `x_groq.usage`,
+#: Gemini `usageMetadata` (`usage_metadata` in google-genai), Hunyuan `Usage` (also inside `Response`),
+#: Ollama's final `done` object, Bedrock's stream `metadata`
+USAGE_KEYS = ("usage", "x_groq", "usageMetadata", "usage_metadata", "Usage", "Response", "eval_count", "metadata")
+
+
+def _mapping_has_usage(chunk: Mapping[str, Any]) -> bool:
+    for key in USAGE_KEYS:
+        if chunk.get(key) is not None:
+            return True
+    choices: Any = chunk.get("choices")
+    # Moonshot puts the usage inside choices[0] of its finish chunk
+    return bool(choices) and isinstance(choices[0], Mapping) and choices[0].get("usage") is not None
+
+
+def _chat_object_has_usage(chunk: Any) -> bool:
+    # an SDK chat chunk: top-level usage, or (as extras the SDK keeps) Groq's x_groq and Moonshot's
+    # choices[0].usage, which only the finish chunk can carry
+    if chunk.usage is not None:
+        return True
+    extra = getattr(chunk, "__pydantic_extra__", None)
+    if extra and extra.get("x_groq") is not None:
+        return True
+    choices = chunk.choices
+    return bool(choices) and choices[0].finish_reason is not None
+
+
 def _wants(chunk: Any, call: _Call) -> bool:
     """Whether a chunk carries usage or the model name: the only ones the accumulator sees."""
     if call.first:
@@ -329,19 +356,21 @@ def _wants(chunk: Any, call: _Call) -> bool:
         return True
     if type(chunk) is dict or isinstance(chunk, Mapping):
         kind = chunk.get("type")
-        return kind in USAGE_EVENT_TYPES if kind is not None else chunk.get("usage") is not None
+        return kind in USAGE_EVENT_TYPES if kind is not None else _mapping_has_usage(chunk)
     kind = getattr(chunk, "type", None)
     if kind is not None:
         return kind in USAGE_EVENT_TYPES
-    return getattr(chunk, "usage", None) is not None
+    if getattr(chunk, "usage", None) is not None:
+        return True
+    return hasattr(chunk, "choices") and _chat_object_has_usage(chunk)
 
 
 def _chat_wants(chunk: Any, call: _Call) -> bool:
-    # OpenAI chat chunks: only the usage chunk (and the first, for the model) matter
+    # OpenAI-compatible chat chunks: the first (for the model) and those that can carry usage
     if call.first:
         call.first = False
         return True
-    return chunk.usage is not None
+    return _chat_object_has_usage(chunk)
 
 
 def _event_wants(chunk: Any, call: _Call) -> bool:
@@ -385,7 +414,7 @@ def _pump_chat(it: Iterator[Any], call: _Call) -> Generator[Any, None, None]:
     try:
         for chunk in it:
             append(chunk)
-            if first or chunk.usage is not None:
+            if first or chunk.usage is not None or _chat_object_has_usage(chunk):
                 first = False
                 observe(chunk)
                 if hide and chunk.usage is not None and not chunk.choices:
