@@ -28,6 +28,10 @@ log = logging.getLogger("usagebill.worker")
 #: how often a running worker cleans the registries (rq's default is 600 s): a job abandoned by a
 #: dead worker on another host is retried within its started-registry TTL + this interval
 MAINTENANCE_INTERVAL = 30
+#: worker registration TTL; an idle worker waits on the queues for WORKER_TTL - 15 s between
+#: maintenance checks (rq's 420 s default would make the interval above moot while idle). During a
+#: job rq extends it to the job timeout + 60 s.
+WORKER_TTL = 45
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,7 @@ def make_worker(client: redis.Redis, names: Sequence[str]) -> UsagebillWorker:
         connection=client,
         serializer=JSONSerializer,
         maintenance_interval=MAINTENANCE_INTERVAL,
+        worker_ttl=WORKER_TTL,
         default_result_ttl=jobspec.RESULT_TTL,
     )
 

@@ -130,3 +130,29 @@ def test_four_workers_on_the_same_hot_rows(
     got = assert_consistent(conn, docs)
     assert conn.execute("SELECT count(*), sum(events) FROM usage_daily").fetchone() == (4, 4000)
     assert got["cost"] > 0
+
+
+@pytest.mark.slow
+def test_running_worker_recovers_a_killed_batch_within_its_maintenance_interval(
+    settings: Settings, rconn: redis.Redis, conn: psycopg.Connection[Any], cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    docs = [event(f"m{i}") for i in range(20)]
+    q = _queue(settings, rconn)
+    enqueue_batch(q, [text(d) for d in docs])
+    victim = _start_paused(cli_env, "in_tx", tmp_path / "marker", burst=True)
+    survivor = subprocess.Popen(WORKER, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # the survivor has started (its start-up maintenance saw the victim alive)
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=10)
+        killed_at = time.monotonic()
+        while conn.execute("SELECT count(*) FROM events").fetchone() != (20,):
+            assert time.monotonic() - killed_at < 45, "the batch was not re-run within the maintenance interval"
+            time.sleep(0.25)
+        took = time.monotonic() - killed_at
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        survivor.communicate(timeout=30)
+    assert took < 35  # MAINTENANCE_INTERVAL (30 s) + the job itself
+    assert_consistent(conn, docs)
