@@ -114,9 +114,12 @@ INSERT INTO reprice_old
 SELECT * FROM events WHERE rate_id IS NULL ORDER BY event_id FOR UPDATE
 
 -- name: reprice_take_month
--- Every event of a usage month, priced or not, locked.
+-- Every event of a usage month, priced or not, locked (the occurred_at range prunes partitions).
 INSERT INTO reprice_old
-SELECT * FROM events WHERE usage_month = %(month)s ORDER BY event_id FOR UPDATE
+SELECT * FROM events
+ WHERE usage_month = %(month)s
+   AND occurred_at >= %(month)s::timestamptz AND occurred_at < (%(month)s::date + interval '1 month')
+ ORDER BY event_id FOR UPDATE
 
 -- name: reprice_copy
 INSERT INTO reprice_new SELECT * FROM reprice_old
