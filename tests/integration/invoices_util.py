@@ -64,12 +64,13 @@ def add_rate(
     cached: str | None = None,
     min_input_tokens: int = 0,
     org_id: str | None = None,
+    currency: str = "USD",
 ) -> int:
     row = conn.execute(
         "INSERT INTO rates (org_id, provider, model, effective_from, currency, min_input_tokens, price_input,"
-        " price_cached_input, price_output, source) VALUES (%s, 'openai', %s, %s, 'USD', %s, %s, %s, %s, 'test')"
+        " price_cached_input, price_output, source) VALUES (%s, 'openai', %s, %s, %s, %s, %s, %s, %s, 'test')"
         " RETURNING rate_id",
-        (org_id, model, effective_from, min_input_tokens, price_in, cached, price_out),
+        (org_id, model, effective_from, currency, min_input_tokens, price_in, cached, price_out),
     ).fetchone()
     assert row is not None
     return int(row[0])

@@ -192,3 +192,27 @@ def test_empty_month_and_bad_arguments(cli_env: dict[str, str]) -> None:
     closed_empty = cli(cli_env, "invoice", "close", "--month", "2024-03")
     assert b"no usage" in closed_empty.stderr
     assert cli(cli_env, "invoice", "export", "--month", "2024-03").stdout == b"[]\n"
+
+
+def test_invoice_in_the_orgs_currency_with_its_minor_unit(
+    conn: psycopg.Connection[Any], settings: Settings, cli_env: dict[str, str]
+) -> None:
+    conn.execute("INSERT INTO orgs (org_id, currency) VALUES ('tokyo', 'JPY')")
+    add_rate(conn, price_in="375", price_out="1500", currency="JPY")
+    add_rate(conn, price_in="2.5", price_out="10")  # the USD row never prices a JPY org
+    # per line, not per event: input 0.375 + 1.125 = 1.5 JPY -> 2 (per event it would be 0 + 1)
+    ingest(
+        settings,
+        [
+            ev("t1", "2026-01-05T00:00:00Z", org_id="tokyo", input_tokens=1_000, output=1_000),
+            ev("t2", "2026-01-06T00:00:00Z", org_id="tokyo", input_tokens=3_000, output=2_000),
+        ],
+    )
+    cli(cli_env, "invoice", "close", "--month", JAN)
+    [inv] = export(cli_env, JAN, "--org", "tokyo")
+    assert inv["currency"] == "JPY"
+    assert [(ln["category"], ln["quantity"], ln["unit_price"], ln["amount"]) for ln in inv["lines"]] == [
+        ("input", 4_000, "375", "2"),  # 1.5 exact: rounded once per line, half up
+        ("output", 3_000, "1500", "5"),  # 4.5
+    ]
+    assert inv["total"] == "7"
