@@ -22,12 +22,14 @@ from worker import worker as proc
 from worker.context import log, settings_from
 
 FORMATS = ("table", "json")
+DEMO_OUTPUT = Path("demo-output")
 
 
 def register(app: typer.Typer) -> None:
     """Add this area's commands to the main app."""
     app.command("status")(status)
     app.command("reconcile")(reconcile)
+    app.command("demo")(demo)
 
 
 def _format(value: str) -> str:
@@ -151,3 +153,16 @@ def reconcile(
         print("reconcile: clean" + ("" if report.mirror_checked else " (database only; Redis not checked)"))
     if report.drifts:
         raise typer.Exit(3)
+
+
+def demo(
+    output: Path = typer.Option(DEMO_OUTPUT, "--output", help="Directory for the invoices it writes."),
+    calls_per_user: int = typer.Option(12, "--calls-per-user", min=1, max=1000, help="LLM calls per demo user."),
+    embedded: bool = typer.Option(
+        False, "--embedded", help="Start embedded Postgres and Redis even when servers are answering."
+    ),
+) -> None:
+    """Run the end-to-end demo on throwaway databases: LLM calls in, quota table and invoices out."""
+    from worker.demo import main_demo  # noqa: PLC0415  # the demo pulls in the SDKs; other commands need not
+
+    main_demo(output, calls_per_user, embedded)
