@@ -7,25 +7,48 @@
 -- Priced events only; one row per (org, billing month, usage month, model, category, unit price,
 -- currency). The 1-hour cache writes are category cache_write at their own unit price (one row with
 -- the 5-minute writes when the prices are equal). Zero quantities are skipped. amount is exact.
+-- The events are first summed per price tuple (few groups), then unpivoted into categories: the
+-- unpivot runs over those groups, not over every event.
+WITH g AS (
+    SELECT org_id, billing_month, usage_month, model, currency,
+           price_input, price_cached_input, price_cache_write, price_cache_write_1h, price_output, price_reasoning,
+           sum(input_tokens - cached_input_tokens - cache_write_tokens) AS q_input,
+           sum(cost_input) AS a_input,
+           count(*) FILTER (WHERE input_tokens > cached_input_tokens + cache_write_tokens) AS n_input,
+           sum(cached_input_tokens) AS q_cached, sum(cost_cached_input) AS a_cached,
+           count(*) FILTER (WHERE cached_input_tokens > 0) AS n_cached,
+           sum(cache_write_tokens - cache_write_1h_tokens) AS q_write, sum(cost_cache_write) AS a_write,
+           count(*) FILTER (WHERE cache_write_tokens > cache_write_1h_tokens) AS n_write,
+           sum(cache_write_1h_tokens) AS q_write_1h, sum(cost_cache_write_1h) AS a_write_1h,
+           count(*) FILTER (WHERE cache_write_1h_tokens > 0) AS n_write_1h,
+           -- events with both kinds of writes: one event of the line when the two prices are equal
+           count(*) FILTER (WHERE cache_write_1h_tokens > 0 AND cache_write_tokens > cache_write_1h_tokens) AS n_write_both,
+           sum(output_tokens - reasoning_tokens) AS q_output, sum(cost_output) AS a_output,
+           count(*) FILTER (WHERE output_tokens > reasoning_tokens) AS n_output,
+           sum(reasoning_tokens) AS q_reasoning, sum(cost_reasoning) AS a_reasoning,
+           count(*) FILTER (WHERE reasoning_tokens > 0) AS n_reasoning
+      FROM {table}
+     WHERE rate_id IS NOT NULL
+     GROUP BY org_id, billing_month, usage_month, model, currency,
+              price_input, price_cached_input, price_cache_write, price_cache_write_1h, price_output, price_reasoning
+)
 INSERT INTO invoice_usage AS t (
     org_id, billing_month, usage_month, model, category, unit_price, currency, quantity, amount, events)
-SELECT e.org_id, e.billing_month, e.usage_month, e.model, c.category, c.unit_price, e.currency,
-       %(sign)s * sum(c.quantity), %(sign)s * sum(c.amount), %(sign)s * sum(c.counted)
-  FROM {table} AS e
+SELECT g.org_id, g.billing_month, g.usage_month, g.model, c.category, c.unit_price, g.currency,
+       %(sign)s * sum(c.quantity), %(sign)s * sum(c.amount), %(sign)s * sum(c.n)
+  FROM g
  CROSS JOIN LATERAL (VALUES
-        ('input', e.price_input, e.input_tokens - e.cached_input_tokens - e.cache_write_tokens, e.cost_input, 1),
-        ('cached_input', e.price_cached_input, e.cached_input_tokens, e.cost_cached_input, 1),
-        ('cache_write', e.price_cache_write, e.cache_write_tokens - e.cache_write_1h_tokens, e.cost_cache_write, 1),
-        -- an event whose 1-hour writes share the 5-minute price is one event of that line, not two
-        ('cache_write', e.price_cache_write_1h, e.cache_write_1h_tokens, e.cost_cache_write_1h,
-         CASE WHEN e.cache_write_tokens > e.cache_write_1h_tokens
-               AND e.price_cache_write_1h = e.price_cache_write THEN 0 ELSE 1 END),
-        ('output', e.price_output, e.output_tokens - e.reasoning_tokens, e.cost_output, 1),
-        ('reasoning', e.price_reasoning, e.reasoning_tokens, e.cost_reasoning, 1)
-       ) AS c (category, unit_price, quantity, amount, counted)
- WHERE e.rate_id IS NOT NULL AND c.quantity > 0
- GROUP BY e.org_id, e.billing_month, e.usage_month, e.model, c.category, c.unit_price, e.currency
- ORDER BY e.org_id, e.billing_month, e.usage_month, e.model, c.category, c.unit_price, e.currency
+        ('input', g.price_input, g.q_input, g.a_input, g.n_input),
+        ('cached_input', g.price_cached_input, g.q_cached, g.a_cached, g.n_cached),
+        ('cache_write', g.price_cache_write, g.q_write, g.a_write, g.n_write),
+        ('cache_write', g.price_cache_write_1h, g.q_write_1h, g.a_write_1h,
+         g.n_write_1h - CASE WHEN g.price_cache_write_1h = g.price_cache_write THEN g.n_write_both ELSE 0 END),
+        ('output', g.price_output, g.q_output, g.a_output, g.n_output),
+        ('reasoning', g.price_reasoning, g.q_reasoning, g.a_reasoning, g.n_reasoning)
+       ) AS c (category, unit_price, quantity, amount, n)
+ WHERE c.quantity > 0
+ GROUP BY g.org_id, g.billing_month, g.usage_month, g.model, c.category, c.unit_price, g.currency
+ ORDER BY g.org_id, g.billing_month, g.usage_month, g.model, c.category, c.unit_price, g.currency
     ON CONFLICT (org_id, billing_month, usage_month, model, category, unit_price, currency) DO UPDATE
    SET quantity = t.quantity + EXCLUDED.quantity,
        amount   = t.amount + EXCLUDED.amount,

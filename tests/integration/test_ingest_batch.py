@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from billing import aggregates
 from billing.db import connect
 from billing.ingest import ingest_batch
 from billing.settings import Settings
@@ -142,3 +143,35 @@ def test_empty_or_all_rejected_batch_commits(settings: Settings, conn: psycopg.C
     res = _ingest(settings, ["nope"] * n)
     assert (res.received, res.rejected, res.inserted) == (n, n, 0)
     assert conn.execute("SELECT count(*) FROM rejected_events").fetchone() == (n,)
+
+
+def test_equal_cache_write_prices_make_one_line(settings: Settings, conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        "INSERT INTO rates (provider, model, effective_from, currency, price_input, price_cache_write,"
+        " price_output, source) VALUES ('openai', 'm2', '2020-01-01', 'USD', 3, 3.75, 15, 'test')"
+    )
+    docs = [
+        event("w1", model="m2", input_tokens=1000, cached=0, cache_write=300, cache_write_1h=100, output=10),
+        event("w2", model="m2", input_tokens=1000, cached=0, cache_write=50, cache_write_1h=50, output=10),
+        event("w3", model="m2", input_tokens=1000, cached=0, cache_write=70, cache_write_1h=0, output=10),
+    ]
+    _ingest(settings, docs)
+    lines = conn.execute(
+        "SELECT unit_price, quantity, amount, events FROM invoice_usage WHERE category = 'cache_write'"
+    ).fetchall()
+    assert lines == [(Decimal("3.75"), 420, Decimal("3.75") * 420 / 1_000_000, 3)]
+    assert_consistent(conn, docs)
+
+
+def test_aggregates_add_with_sign_minus_one_reverses(settings: Settings, conn: psycopg.Connection[Any]) -> None:
+    add_rate(conn)
+    docs = [event(f"r{i}", user_id=f"u{i % 2}", model=("gpt-4o" if i % 3 else "unpriced-m")) for i in range(12)]
+    _ingest(settings, docs)
+    with connect(settings) as c, c.transaction():
+        c.execute("CREATE TEMP TABLE reversal ON COMMIT DROP AS SELECT * FROM events")
+        aggregates.add(c, "reversal", sign=-1)
+    assert conn.execute("SELECT sum(quantity), sum(amount), sum(events) FROM invoice_usage").fetchone() == (0, 0, 0)
+    row = conn.execute("SELECT sum(events), sum(unpriced_events), sum(input_tokens), sum(cost) FROM usage_daily")
+    assert row.fetchone() == (0, 0, 0, 0)
+    with pytest.raises(ValueError):
+        aggregates.add(conn, "events", sign=2)  # type: ignore[arg-type]
