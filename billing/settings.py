@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field
@@ -42,6 +43,16 @@ class Settings(BaseSettings):
         300, alias="USAGEBILL_FUTURE_TOLERANCE", ge=0, description="How far ahead of the server clock an event may be."
     )
     db_pool_size: int = Field(4, alias="USAGEBILL_DB_POOL_SIZE", ge=1, description="Connections per worker process.")
+    metrics_port: int = Field(
+        0,
+        alias="USAGEBILL_METRICS_PORT",
+        ge=0,
+        le=65535,
+        description="Port of the worker's Prometheus /metrics on 127.0.0.1 (0: not exposed).",
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", alias="USAGEBILL_LOG_FORMAT", description="Worker and scheduler logs on stderr: json lines or text."
+    )
 
     @property
     def invoice_grace(self) -> timedelta:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -18,6 +19,7 @@ from billing import ingest
 from billing.db import is_transient
 from billing.errors import InputError, PermanentError, TransientError
 from producer import jobspec
+from worker import observability
 from worker import worker as proc
 
 log = logging.getLogger("usagebill.jobs")
@@ -43,7 +45,16 @@ def enqueue_batch(queue: Queue, events: Sequence[str], *, pipeline: Any = None) 
 
 
 def ingest_batch(events: list[str]) -> dict[str, Any]:
-    """rq job: ingest `events` in one transaction and return its counts once committed.
+    """rq job: ingest `events` in one transaction and return its counts once committed (see `_ingest_job`);
+    each finished job is counted in the worker's metrics and logged as one structured line."""
+    started = time.perf_counter()
+    result = _ingest_job(events)
+    observability.record_batch(result, time.perf_counter() - started)
+    return result
+
+
+def _ingest_job(events: list[str]) -> dict[str, Any]:
+    """Ingest `events` in one transaction and return its counts once committed.
 
     Transient failures (database or Redis unreachable, serialization failure, deadlock) are raised
     so rq's Retry runs the job again later. A failure caused by the data splits the batch in halves,

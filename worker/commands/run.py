@@ -6,6 +6,7 @@ import logging
 
 import typer
 
+from worker import observability
 from worker import worker as proc
 from worker.context import log, settings_from
 
@@ -20,7 +21,7 @@ def worker(
     burst: bool = typer.Option(
         False, "--burst", help="Re-queue abandoned and due jobs, drain the queues, exit 0 (failed jobs on stderr)."
     ),
-    queues: list[str] = typer.Option(  # noqa: B008 - typer's way to declare a repeatable option
+    queues: list[str] = typer.Option(
         [], "--queues", "-q", help="Queue to serve (repeatable). Default: every usagebill queue."
     ),
     requeue_failed: bool = typer.Option(
@@ -31,10 +32,8 @@ def worker(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every job."),
 ) -> None:
     """Run an rq worker (non-forking) that ingests event batches. SIGTERM finishes the current batch and exits."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
     settings = settings_from(ctx)
+    observability.setup_logging(logging.INFO if verbose else logging.WARNING, settings.log_format)
     if requeue_failed:
         client = proc.redis_client(settings)
         names = proc.queue_names(client, settings, queues)
@@ -45,6 +44,7 @@ def worker(
     try:
         names = proc.queue_names(res.redis, settings, queues)
         w = proc.make_worker(res.redis, names)
+        observability.serve_metrics(settings.metrics_port, res.redis, names)
         if burst:
             recovered = requeued = 0
             for queue in w.queues:
