@@ -158,3 +158,14 @@ def test_forced_close_skips_the_backlog_check(
     with pytest.raises(CloseRefused):
         close(settings, JAN)
     assert not close(settings, JAN, force=True).already_closed
+
+
+def test_backlog_counts_jobs_awaiting_a_retry(rconn: redis.Redis, settings: Settings) -> None:
+    queue = Queue(settings.queue, connection=rconn, serializer=JSONSerializer)
+    job_id = _old_ingest_job(rconn, settings.queue, datetime(2026, 1, 31, tzinfo=UTC))
+    job = queue.fetch_job(job_id)
+    assert job is not None
+    queue.remove(job_id)
+    queue.schedule_job(job, datetime(2030, 1, 1, tzinfo=UTC))  # as rq's Retry parks a failed attempt
+    assert queue.count == 0
+    assert ingest_backlog(rconn, [settings.queue], datetime(2026, 2, 2, tzinfo=UTC)).jobs == 1

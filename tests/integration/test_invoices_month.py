@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -216,3 +217,19 @@ def test_invoice_in_the_orgs_currency_with_its_minor_unit(
         ("output", 3_000, "1500", "5"),  # 4.5
     ]
     assert inv["total"] == "7"
+
+
+def test_export_to_a_file_matches_standard_output(
+    conn: psycopg.Connection[Any], settings: Settings, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    _setup(conn, settings)
+    cli(cli_env, "invoice", "close", "--month", JAN)
+    for fmt in ("json", "csv"):
+        target = tmp_path / f"jan.{fmt}"
+        written = cli(cli_env, "invoice", "export", "--month", JAN, "--format", fmt, "--output", str(target))
+        assert written.stdout == b""
+        assert target.read_bytes() == cli(cli_env, "invoice", "export", "--month", JAN, "--format", fmt).stdout
+    many = cli(cli_env, "invoice", "export", "--month", JAN, "--format", "html", check=False)
+    assert many.returncode == 1 and b"--output DIR" in many.stderr
+    one = cli(cli_env, "invoice", "export", "--month", JAN, "--format", "html", "--org", "beta").stdout
+    assert one.startswith(b"<!DOCTYPE html>") and b"beta" in one
