@@ -70,10 +70,12 @@ INSERT INTO orgs (org_id) SELECT DISTINCT org_id FROM ingest_new ORDER BY org_id
 -- name: record_conflicts
 -- Every staged copy whose canonical hash differs from the first accepted copy's (in this batch or an
 -- earlier one) is a conflict: kept for operators, never counted. Returns how many copies conflicted.
+-- The LATERAL ... LIMIT 1 keeps this an index lookup per staged row: a plain join may be planned as
+-- a hash join that reads the whole of event_keys (the staging table has no statistics).
 WITH differing AS MATERIALIZED (
     SELECT s.event_id, k.payload_hash AS first_hash, s.payload_hash AS conflict_hash, s.doc
       FROM ingest_stage s
-      JOIN event_keys k ON k.event_id = s.event_id
+     CROSS JOIN LATERAL (SELECT e.payload_hash FROM event_keys e WHERE e.event_id = s.event_id LIMIT 1) AS k
      WHERE k.payload_hash <> s.payload_hash
 ), recorded AS (
     INSERT INTO event_conflicts (event_id, first_hash, conflict_hash, payload)
