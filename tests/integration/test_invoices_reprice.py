@@ -4,11 +4,16 @@ finalized month after a rate correction (dry run first, reversal + re-bill, a se
 from __future__ import annotations
 
 import json
+import threading
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 
+from billing.db import connect, is_transient
+from billing.ingest import ingest_batch
+from billing.invoices import parse_month
+from billing.reprice import reprice
 from billing.settings import Settings
 from tests.integration.invoices_util import add_rate, cli, ev, export, ingest, lines_by_key
 
@@ -154,3 +159,64 @@ def test_rerating_an_open_month_changes_its_own_lines(
         ("output", "8", 10_000, None),
     ]
     assert jan["total"] == "0.28"
+
+
+def test_rerating_while_ingesting_keeps_the_aggregates_exact(conn: psycopg.Connection[Any], settings: Settings) -> None:
+    add_rate(conn, effective_from="2025-12-01", price_in="2.5", price_out="10")
+    ingest(
+        settings,
+        [ev(f"s{i}", "2026-01-05T00:00:00Z", org_id=f"o{i % 3}", input_tokens=1000 + i, output=10) for i in range(200)],
+    )
+    add_rate(conn, effective_from="2025-12-15", price_in="2", price_out="8")
+    errors: list[BaseException] = []
+
+    def retrying(fn: Any) -> None:
+        for _ in range(20):
+            try:
+                fn()
+                return
+            except psycopg.Error as exc:
+                if not is_transient(exc):
+                    errors.append(exc)
+                    return
+        errors.append(RuntimeError("gave up"))
+
+    def ingest_more(worker: int) -> None:
+        for batch in range(5):
+            docs = [
+                json.dumps(
+                    ev(f"w{worker}-{batch}-{i}", "2026-01-06T00:00:00Z", org_id=f"o{i % 3}", input_tokens=500, output=5)
+                )
+                for i in range(20)
+            ]
+
+            def once(docs: list[str] = docs) -> None:
+                with connect(settings) as c:
+                    ingest_batch(c, docs, settings=settings)
+
+            retrying(once)
+
+    def rerate() -> None:
+        def once() -> None:
+            with connect(settings) as c:
+                reprice(c, month=parse_month(JAN))
+
+        retrying(once)
+
+    threads = [threading.Thread(target=ingest_more, args=(w,)) for w in range(3)] + [threading.Thread(target=rerate)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    rerate()  # whatever raced with the first re-rate is at the new price now
+    assert not errors
+    # every event at the corrected rate, and the aggregates equal the events, to the last digit
+    assert conn.execute("SELECT count(*) FROM events WHERE price_input <> 2").fetchone() == (0,)
+    per_org = conn.execute("SELECT org_id, sum(cost_total) FROM events GROUP BY org_id ORDER BY org_id").fetchall()
+    aggregated = conn.execute(
+        "SELECT org_id, sum(amount) FROM invoice_usage WHERE billing_month = '2026-01-01'"
+        " GROUP BY org_id ORDER BY org_id"
+    ).fetchall()
+    assert per_org == aggregated
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (200 + 3 * 5 * 20,)

@@ -5,19 +5,27 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
+from datetime import date
 from pathlib import Path
 from typing import Annotated
 
+import psycopg
 import typer
 
 from billing import exports, invoices
-from billing.db import connect, translated
+from billing.db import connect, is_transient, translated
 from billing.errors import InputError
 from billing.invoices import month_text, parse_month
+from billing.reprice import RepriceResult
 from billing.reprice import reprice as run_reprice
+from billing.settings import Settings
 from worker import scheduler
 from worker.context import log, settings_from
 from worker.invoicing import close
+
+#: attempts of a reprice aborted by a transient database error (deadlock with an ingest, failover)
+REPRICE_ATTEMPTS = 3
 
 invoice_app = typer.Typer(help="Close months and export invoices.", no_args_is_help=True)
 
@@ -120,8 +128,7 @@ def reprice_command(
     """
     settings = settings_from(ctx)
     wanted = parse_month(month) if month else None
-    with translated(settings), connect(settings) as conn:
-        result = run_reprice(conn, month=wanted, dry_run=dry_run)
+    result = _reprice_with_retries(settings, wanted, dry_run)
     sys.stdout.write(json.dumps([line.to_json() for line in result.lines], indent=1) + "\n")
     what = "would change" if dry_run else "changed"
     scope = f"usage month {month_text(wanted)}" if wanted else "unpriced events"
@@ -129,6 +136,23 @@ def reprice_command(
         f"reprice ({scope}): {result.events} event(s) {what}, {result.newly_priced} of them previously unpriced; "
         f"{len(result.lines)} posting(s){' (dry run: nothing written)' if dry_run else ''}"
     )
+
+
+def _reprice_with_retries(settings: Settings, month: date | None, dry_run: bool) -> RepriceResult:
+    # reprice takes old-price then new-price aggregate rows in two statements; a concurrent ingest may
+    # take them in the other order, and Postgres then aborts one of the two (deadlock): run it again
+    with translated(settings):  # the last failure, if any, leaves as a one-line DatabaseUnavailable
+        for attempt in range(1, REPRICE_ATTEMPTS):
+            try:
+                with connect(settings) as conn:
+                    return run_reprice(conn, month=month, dry_run=dry_run)
+            except psycopg.Error as exc:
+                if not is_transient(exc):
+                    raise
+                log(f"reprice: {type(exc).__name__}, retrying ({attempt}/{REPRICE_ATTEMPTS - 1})")
+                time.sleep(0.2 * attempt)
+        with connect(settings) as conn:
+            return run_reprice(conn, month=month, dry_run=dry_run)
 
 
 def scheduler_command(ctx: typer.Context) -> None:
