@@ -24,7 +24,9 @@ from psycopg.rows import class_row, dict_row
 from redis import Redis
 from redis.exceptions import RedisError
 
+from billing.db import connect
 from billing.errors import InputError
+from billing.settings import Settings
 from billing.sqlfiles import query
 from producer.quota import (
     MONTH_KEY_TTL_MS,
@@ -488,3 +490,15 @@ def list_alerts(conn: psycopg.Connection[Any], org_id: str | None = None) -> lis
     """The alerts outbox (of one org), oldest first: what fired and whether it was delivered."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(query("quotas", "alerts_list"), {"org_id": org_id}).fetchall()
+
+
+def check_mirror() -> bool:
+    """Periodic job (for the scheduler) and worker start: rebuild the mirror when missing or drifted.
+    Settings from the environment. True when it rebuilt."""
+    settings = Settings()
+    client = Redis.from_url(settings.redis_url)
+    try:
+        with connect(settings, autocommit=True) as conn:
+            return ensure_mirror(conn, client)
+    finally:
+        client.close()
