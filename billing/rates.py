@@ -374,6 +374,10 @@ def import_rows(
                 _raise(errors, where)
             inserted = cur.execute(query("rates", "insert_import")).rowcount
         conn.execute(query("rates", "drop_import"))
+        if inserted:
+            # fresh statistics, so that pricing plans see a table of this size (a bulk import can
+            # turn a handful of rows into thousands before autovacuum notices)
+            conn.execute(query("rates", "analyze_rates"))
     return ImportResult(inserted=inserted, unchanged=len(rows) - inserted)
 
 

@@ -64,6 +64,9 @@ ON CONFLICT ON CONSTRAINT rates_key DO NOTHING
 -- name: drop_import
 DROP TABLE IF EXISTS rates_import
 
+-- name: analyze_rates
+ANALYZE rates
+
 -- name: list_rates
 -- %(model)s: rows that could price that model (exact name, or a pattern it starts with).
 SELECT rate_id, coalesce(org_id, '') AS org_id, provider, model, effective_from, currency,
