@@ -26,7 +26,6 @@ import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import naive_ingest
@@ -38,10 +37,9 @@ from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
 import billing.ingest
-from billing import aggregates
 from billing.db import CONNECT_OPTIONS
 from billing.settings import Settings
-from billing.sqlfiles import query
+from billing.sqlfiles import queries
 from worker.jobs import enqueue_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,16 +270,36 @@ def naive(template: str, redis_url: str, texts: list[str]) -> float:
 
 
 def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -> tuple[dict[str, float], str]:
-    """Per-step time of the in-process ingest path (ms per batch), and a cProfile summary."""
-    timings: dict[str, float] = defaultdict(float)
+    """Per-step time of the in-process ingest path (ms per batch), and a cProfile summary.
 
-    def timed_add(conn: psycopg.Connection[Any], table: str, sign: int = 1) -> None:
-        for name in aggregates.TABLES:
-            t = time.perf_counter()
-            conn.execute(query("aggregates", f"add_{name}").format(table=psycopg.sql.Identifier(table)), {"sign": sign})
+    Each statement is timed by its named block; `pricing` is billing.pricing.price_rows; what the
+    named steps do not cover (COPY, commit, round trips, Python glue) is the rest of `whole batch`.
+    """
+    timings: dict[str, float] = defaultdict(float)
+    names: dict[str, str] = {}
+    for area in ("ingest", "aggregates"):
+        for name, text in queries(area).items():
+            names[text.replace("{table}", '"ingest_new"')] = name
+    context: list[str] = []
+    real_exec = psycopg.Cursor.execute
+    real_price = billing.ingest.pricing.price_rows
+    real_parse = billing.ingest.parse
+
+    def timed_exec(self: psycopg.Cursor[Any], q: Any, params: Any = None, **kw: Any) -> Any:
+        text = q.as_string(self.connection) if isinstance(q, psycopg.sql.Composable) else str(q)
+        name = names.get(text.strip()) or (context[-1] if context else "quota hooks")
+        t = time.perf_counter()
+        try:
+            return real_exec(self, q, params, **kw)
+        finally:
             timings[name] += time.perf_counter() - t
 
-    real_parse = billing.ingest.parse
+    def timed_price(conn: psycopg.Connection[Any], table: str) -> None:
+        context.append("pricing (price_rows)")
+        try:
+            real_price(conn, table)
+        finally:
+            context.pop()
 
     def timed_parse(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
@@ -290,7 +308,8 @@ def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -
         finally:
             timings["validate (Python)"] += time.perf_counter() - t
 
-    billing.ingest.aggregates = SimpleNamespace(add=timed_add)  # type: ignore[assignment]
+    psycopg.Cursor.execute = timed_exec  # type: ignore[method-assign]
+    billing.ingest.pricing.price_rows = timed_price
     billing.ingest.parse = timed_parse  # type: ignore[assignment]
     prof = cProfile.Profile()
     try:
@@ -309,8 +328,11 @@ def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -
                     prof.disable()
                 timings["whole batch"] = time.perf_counter() - t0
     finally:
-        billing.ingest.aggregates = aggregates  # type: ignore[assignment]
+        psycopg.Cursor.execute = real_exec  # type: ignore[method-assign]
+        billing.ingest.pricing.price_rows = real_price
         billing.ingest.parse = real_parse  # type: ignore[assignment]
+    named = sum(v for k, v in timings.items() if k != "whole batch")
+    timings["COPY, commit, glue"] = timings["whole batch"] - named
     out = io.StringIO()
     if profile:
         pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(14)
@@ -352,7 +374,8 @@ def main() -> None:
         print(f"  {table:14s} {rows:9d} rows {size / 1e6:8.1f} MB")
     print(f"ingest steps, ms per {args.batch}-event batch (in-process):")
     print(f"  {'step':24s} {'hot rows (2 orgs, 1 user)':>26s} {'wide (50 orgs x 100 users)':>28s}")
-    for step in ("validate (Python)", "invoice_usage", "usage_daily", "whole batch"):
+    steps = [*sorted((k for k in wide if k != "whole batch"), key=lambda k: -wide[k]), "whole batch"]
+    for step in steps:
         print(f"  {step:24s} {hot.get(step, 0):26.1f} {wide.get(step, 0):28.1f}")
     print("cProfile of the ingest path (wide mix), top entries by own time:")
     print("\n".join(line for line in prof.splitlines() if line.strip())[:4000])

@@ -153,9 +153,11 @@ def ingest_batch(
     try:
         result = _transaction(conn, parsed, len(events), fresh=fresh, job_id=job_id)
     except psycopg.errors.UndefinedTable as exc:
-        # the session lost its temp tables (e.g. DISCARD TEMP by a pool reset): make them again
         _staged.discard(conn)
-        raise TransientError(f"staging tables missing in this session: {exc}") from exc
+        if "ingest_stage" in str(exc) or "ingest_new" in str(exc):
+            # the session lost its temp tables (e.g. DISCARD TEMP by a pool reset): make them again
+            raise TransientError(f"staging tables missing in this session: {exc}") from exc
+        raise
     if fresh:
         _staged.add(conn)  # only once committed: a rolled-back CREATE leaves nothing behind
     return result
