@@ -6,6 +6,8 @@ Creates a scratch database (usagebill_bench_pricing_<pid>), imports the shipped 
 the same events for every contender and prices them:
   * usagebill `price_rows` in batches of --batch rows (the ingest shape: COPY into a per-session temp
     table, price, commit; only `price_rows` is timed) and in one batch of all events;
+  * a plain UPDATE of the same batches writing constants: the floor of any design that fills the
+    batch table's pricing columns (what `price_rows` must do), measured the same way;
   * `litellm.cost_per_token` and `genai_prices.calc_price`, one call per event (installed for the
     benchmark only; a missing one is reported and skipped).
 Prints microseconds per event and the ratios. The machine is shared: run it twice and compare.
@@ -82,8 +84,14 @@ def make_events(n: int, seed: int = 7) -> list[tuple[Any, ...]]:
     return events
 
 
-def bench_sql(url: str, events: list[tuple[Any, ...]], batch: int) -> tuple[float, Decimal, int]:
-    """Seconds spent in price_rows over all events, the total cost and the priced count."""
+#: the floor of any "fill the batch table" design: an UPDATE of the same rows writing constants
+FLOOR = "UPDATE bench_new SET rate_id = 0, currency = 'USD', cost_total = 0, priced_at = now()"
+
+
+def bench_sql(
+    url: str, events: list[tuple[Any, ...]], batch: int, *, floor: bool = False
+) -> tuple[float, Decimal, int]:
+    """Seconds spent in price_rows (or the floor UPDATE) over all events, the total cost, the priced count."""
     spent = 0.0
     total = Decimal(0)
     priced = 0
@@ -96,7 +104,10 @@ def bench_sql(url: str, events: list[tuple[Any, ...]], batch: int) -> tuple[floa
                     for row in events[lo : lo + batch]:
                         copy.write_row(row)
                 t0 = time.perf_counter()
-                price_rows(conn, "bench_new")
+                if floor:
+                    conn.execute(FLOOR)
+                else:
+                    price_rows(conn, "bench_new")
                 spent += time.perf_counter() - t0
                 row = conn.execute("SELECT coalesce(sum(cost_total), 0), count(rate_id) FROM bench_new").fetchone()
                 assert row is not None
@@ -183,6 +194,12 @@ def main() -> None:
                 f"{label:<40} {results[label] / n * 1e6:9.2f} us/event  (runs: "
                 f"{', '.join(f'{r / n * 1e6:.2f}' for r in runs)}; priced {priced}/{n}, total {total:.2f} USD)"
             )
+        for label, size in (
+            (f"floor: plain UPDATE, batches of {args.batch}", args.batch),
+            (f"floor: plain UPDATE of {n}", n),
+        ):
+            runs = [bench_sql(url, events, size, floor=True)[0] for _ in range(args.repeat)]
+            print(f"{label:<40} {statistics.median(runs) / n * 1e6:9.2f} us/event  (the same rows, constants written)")
         ref = events[: args.reference_events] if args.reference_events else events
         for label, maker in (("litellm.cost_per_token", litellm_fn), ("genai_prices.calc_price", genai_fn)):
             fn = maker()

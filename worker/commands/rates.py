@@ -159,7 +159,8 @@ def list_command(
     org: Annotated[str | None, typer.Option("--org", help="Only this org's custom rows.")] = None,
     fmt: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
 ) -> None:
-    """List rate rows with their source and date (prices per million tokens; empty = the fallback)."""
+    """List rate rows with their source, the date the source gives and when they were imported (prices per
+    million tokens; empty = the fallback)."""
     with _db(settings_from(ctx)) as conn:
         rows = rate_tables.list_rates(conn, model=model, provider=provider, org_id=org)
     if fmt is Format.json:
@@ -184,6 +185,7 @@ def list_command(
             "reasoning",
             "source",
             "source_date",
+            "created_at",
         ],
     )
     if not rows:
