@@ -51,7 +51,9 @@ def pg_template() -> Iterator[str]:
         admin.execute(f'CREATE DATABASE "{name}"')
         with psycopg.connect(_url_with_db(ADMIN_URL, name), autocommit=True, options=CONNECT_OPTIONS) as conn:
             migrate.migrate(conn)
-        yield name
+    yield name
+    # a new connection: tests that restart Postgres (crash matrix, worker restart) cut any held one
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
