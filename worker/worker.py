@@ -191,7 +191,8 @@ def recover_abandoned(queue: Queue) -> list[str]:
         dead = worker_name is None or _worker_dead(client, _text(worker_name))
         if not dead and job_id not in expired:
             continue
-        client.zrem(registry.key, f"{job_id}:{execution_id}")
+        if not client.zrem(registry.key, f"{job_id}:{execution_id}"):
+            continue  # another worker recovered it first
         try:
             job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
         except NoSuchJobError:  # the job hash expired: nothing left to run
@@ -224,7 +225,8 @@ def enqueue_due(queue: Queue) -> int:
         except NoSuchJobError:  # expired job data
             registry.remove(job_id)
             continue
-        registry.remove(job)
+        if not queue.connection.zrem(registry.key, job_id):
+            continue  # another worker (or the scheduler) enqueued it first
         queue.enqueue_job(job)
         count += 1
     return count
