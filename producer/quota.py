@@ -118,14 +118,23 @@ local rem = {}
 local hard, denied, soft_over = 0, false, 0
 local scopes = {''}
 if user ~= '' then scopes[2] = ':' .. user end
+local fields = {}
 for _, scope in ipairs(scopes) do
-  for _, kind in ipairs({'t', 'n'}) do
-    local f = kind .. scope
-    local lim = redis.call('HGET', KEYS[2], f)
+  fields[#fields + 1] = 't' .. scope
+  fields[#fields + 1] = 'n' .. scope
+end
+local lims = redis.call('HMGET', KEYS[2], unpack(fields))
+local any = false
+for i = 1, #fields do if lims[i] then any = true end end
+if any then
+  local useds = redis.call('HMGET', KEYS[3], unpack(fields))
+  local held = redis.call('HMGET', KEYS[6], unpack(fields))
+  for i, f in ipairs(fields) do
+    local lim = lims[i]
     if lim then
+      local kind = string.sub(f, 1, 1)
       local mode = string.sub(lim, 1, 1)
-      local r = tonumber(string.sub(lim, 2)) - (tonumber(redis.call('HGET', KEYS[3], f)) or 0)
-                - (tonumber(redis.call('HGET', KEYS[6], f)) or 0)
+      local r = tonumber(string.sub(lim, 2)) - (tonumber(useds[i]) or 0) - (tonumber(held[i]) or 0)
       if rem[kind] == nil or r < rem[kind] then rem[kind] = r end
       local over = (est[kind] > 0 and est[kind] > r) or (est[kind] == 0 and r <= 0)
       if mode == 'H' then
