@@ -28,7 +28,8 @@ WITH orgs_in AS MATERIALIZED (
 -- that each event finds its scope without a join)
 groups AS MATERIALIZED (
     SELECT g.scope, g.provider, g.model, g.tier, coalesce(o.currency, 'USD') AS currency, g.max_at
-    FROM (SELECT CASE WHEN t.org_id = ANY (ARRAY(SELECT org_id FROM orgs_in WHERE special)) THEN t.org_id ELSE '' END AS scope,
+    FROM (SELECT CASE WHEN t.org_id = ANY (ARRAY(SELECT org_id FROM orgs_in WHERE special)) THEN t.org_id
+                      ELSE '' END AS scope,
                  t.provider, t.model, coalesce(t.service_tier, '') AS tier, max(t.occurred_at) AS max_at
           FROM {table} AS t
           GROUP BY 1, 2, 3, 4) AS g
