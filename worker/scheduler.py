@@ -47,6 +47,8 @@ PERIODIC_JOBS: tuple[Periodic, ...] = (
     Periodic("billing.alerts.deliver_pending", interval=60),
     # reconciliation of the aggregates against the events (ops area: `billing.reconcile.run_periodic()`)
     Periodic("billing.reconcile.run_periodic", cron="17 3 * * *"),
+    # the quota mirror: rebuilt from Postgres when missing (a Redis flush) or drifted
+    Periodic("billing.quotas.check_mirror", interval=60),
 )
 
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import redis
 from psycopg_pool import ConnectionPool
 from rq import Queue, SimpleWorker
@@ -17,7 +18,7 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from billing import migrate
+from billing import migrate, quotas
 from billing.db import make_pool
 from billing.errors import ConfigError, RedisUnavailable
 from billing.settings import Settings, redact
@@ -65,6 +66,13 @@ def setup(settings: Settings) -> Resources:
     except Exception:
         pool.close()
         raise
+    # the quota mirror app code checks: rebuilt at start when missing or drifted (one rebuilder, locked)
+    try:
+        with pool.connection() as conn:
+            conn.autocommit = True
+            quotas.ensure_mirror(conn, client)
+    except (redis.RedisError, psycopg.Error) as exc:
+        log.warning("quota mirror not checked at start: %s", exc)
     _resources = Resources(settings=settings, pool=pool, redis=client)
     return _resources
 

@@ -10,6 +10,10 @@
 -- Every other org uses the model's USD cells (scope ''). Each event then finds its cell by one hash
 -- join on (scope, provider, model, tier) and a range check.
 --
+-- Providers: rates match the event's provider name, or the name its prices are published under
+-- (`provider_aliases`, e.g. an event from "gemini" or "vertex" is priced from "google" rows); when
+-- both have an otherwise equal row, the event's own name wins.
+--
 -- `cells` is the shared CTE chain (pricing.py appends `price_update` or `cells_select` to it);
 -- {table} is the batch table (LIKE events).
 
@@ -36,24 +40,29 @@ groups AS MATERIALIZED (
     LEFT JOIN orgs_in AS o ON o.org_id = g.scope
 ),
 models AS MATERIALIZED (
-    SELECT row_number() OVER () AS g, provider, model, tier, currency, max(max_at) AS max_at
+    SELECT row_number() OVER () AS g, provider, model, tier, currency, max(max_at) AS max_at,
+           coalesce(max(pa.price_provider), provider) AS alias
     FROM groups
+    LEFT JOIN provider_aliases AS pa USING (provider)
     GROUP BY provider, model, tier, currency
 ),
 -- the (org, model) keys of the special orgs only
 keys AS MATERIALIZED (
-    SELECT scope AS org_id, provider, model, tier, currency, max_at FROM groups WHERE scope <> ''
+    SELECT scope AS org_id, provider, model, tier, currency, max_at, coalesce(pa.price_provider, provider) AS alias
+    FROM groups
+    LEFT JOIN provider_aliases AS pa USING (provider)
+    WHERE scope <> ''
 ),
 -- public candidates of each model (1: in force by its latest event, in the currency; 3: the tier;
 -- the model exact or by prefix)
 pub AS (
     SELECT m.g, r.rate_id, NOT r.is_pattern AS exact, length(r.model_prefix) AS plen, r.min_input_tokens,
            r.effective_from, r.price_input, r.price_cached_input, r.price_cache_write, r.price_cache_write_1h,
-           r.price_output, r.price_reasoning
+           r.price_output, r.price_reasoning, r.provider = m.provider AS pexact
     FROM models AS m
     JOIN rates AS r
       ON r.org_id IS NULL
-     AND r.provider = m.provider
+     AND r.provider IN (m.provider, m.alias)
      AND r.currency = m.currency
      AND coalesce(r.service_tier, '') = m.tier
      AND r.effective_from <= m.max_at
@@ -64,11 +73,11 @@ cust_any AS MATERIALIZED (
     SELECT k.org_id, k.provider, k.model, k.tier, coalesce(r.service_tier, '') = k.tier AS tier_ok,
            r.rate_id, NOT r.is_pattern AS exact, length(r.model_prefix) AS plen, r.min_input_tokens,
            r.effective_from, r.price_input, r.price_cached_input, r.price_cache_write, r.price_cache_write_1h,
-           r.price_output, r.price_reasoning
+           r.price_output, r.price_reasoning, r.provider = k.provider AS pexact
     FROM keys AS k
     JOIN rates AS r
       ON r.org_id = k.org_id
-     AND r.provider = k.provider
+     AND r.provider IN (k.provider, k.alias)
      AND r.currency = k.currency
      AND r.effective_from <= k.max_at
      AND r.model_prefix = CASE WHEN r.is_pattern THEN left(k.model, length(r.model_prefix)) ELSE k.model END
@@ -83,7 +92,8 @@ cand AS (
     SELECT * FROM pub
     UNION ALL
     SELECT ck.g, c.rate_id, c.exact, c.plen, c.min_input_tokens, c.effective_from, c.price_input,
-           c.price_cached_input, c.price_cache_write, c.price_cache_write_1h, c.price_output, c.price_reasoning
+           c.price_cached_input, c.price_cache_write, c.price_cache_write_1h, c.price_output, c.price_reasoning,
+           c.pexact
     FROM cust_any AS c
     JOIN custom_keys AS ck USING (org_id, provider, model, tier)
     WHERE c.tier_ok
@@ -113,7 +123,8 @@ won AS MATERIALIZED (
              c.exact DESC,                    -- 4: exact, then the longest prefix
              c.plen DESC,
              c.min_input_tokens DESC,         -- 5: the largest threshold
-             c.effective_from DESC            -- 6: the latest
+             c.effective_from DESC,           -- 6: the latest
+             c.pexact DESC                    -- rows under the event's own provider name over its alias's
 ),
 -- unit prices with the fallbacks, and per token (* 0.000001: multiplication is exact, never rounded)
 unit AS MATERIALIZED (

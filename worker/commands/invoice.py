@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Annotated
 
 import psycopg
+import redis
 import typer
 
-from billing import exports, invoices
+from billing import exports, invoices, quotas
 from billing.db import connect, is_transient, translated
 from billing.errors import InputError
 from billing.invoices import month_text, parse_month
@@ -129,6 +130,8 @@ def reprice_command(
     settings = settings_from(ctx)
     wanted = parse_month(month) if month else None
     result = _reprice_with_retries(settings, wanted, dry_run)
+    if result.applied:
+        _refresh_quota_mirror(settings)
     sys.stdout.write(json.dumps([line.to_json() for line in result.lines], indent=1) + "\n")
     what = "would change" if dry_run else "changed"
     scope = f"usage month {month_text(wanted)}" if wanted else "unpriced events"
@@ -153,6 +156,17 @@ def _reprice_with_retries(settings: Settings, month: date | None, dry_run: bool)
                 time.sleep(0.2 * attempt)
         with connect(settings) as conn:
             return run_reprice(conn, month=month, dry_run=dry_run)
+
+
+def _refresh_quota_mirror(settings: Settings) -> None:
+    # reprice moved cost between unpriced and priced usage: the mirror app code checks must follow
+    try:
+        client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+        with connect(settings, autocommit=True) as conn:
+            quotas.ensure_mirror(conn, client)
+        client.close()
+    except (redis.RedisError, psycopg.Error) as exc:
+        log(f"warning: quota mirror not refreshed ({exc}); the scheduler's check rebuilds it")
 
 
 def scheduler_command(ctx: typer.Context) -> None:
