@@ -69,8 +69,8 @@ def setup(settings: Settings) -> Resources:
     # the quota mirror app code checks: rebuilt at start when missing or drifted (one rebuilder, locked)
     try:
         with pool.connection() as conn:
-            conn.autocommit = True
             quotas.ensure_mirror(conn, client)
+            conn.commit()  # hand the connection back to the pool idle, as ingest expects it
     except (redis.RedisError, psycopg.Error) as exc:
         log.warning("quota mirror not checked at start: %s", exc)
     _resources = Resources(settings=settings, pool=pool, redis=client)
