@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import redis
+from ingest_env import private_redis  # the same private redis-server the other benches use
 from rq import Queue
 from rq.serializers import JSONSerializer
 
@@ -31,31 +29,6 @@ from producer import publisher as publisher_module
 
 BUFFERED_P50_GOAL_US = 20.0
 DIRECT_RATIO_GOAL = 1.2
-
-
-@contextmanager
-def private_redis() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        for _ in range(200):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.025)
-        yield url
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
 
 
 def events(n: int) -> list[producer.UsageEvent]:
