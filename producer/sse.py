@@ -16,7 +16,7 @@ import weakref
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from typing import Any
 
-from producer.streams import Publish, _Call, _context, _is_cancel
+from producer.streams import Publish, TrackedIterator, _Call, _context, _is_cancel
 
 logger = logging.getLogger("usagebill.producer")
 
@@ -116,36 +116,11 @@ def _pump_lines(it: Iterator[str | bytes], call: _Call, parser: SSEParser) -> Ge
     call.emit(call.finish(parser.status()))
 
 
-class TrackedLines:
+class TrackedLines(TrackedIterator):
     """A sync iterator of SSE lines that passes each line through and publishes the call's event."""
 
     def __init__(self, lines: Any, call: _Call) -> None:
-        self._lines = lines
-        self._call = call
-        self._gen = _pump_lines(iter(lines), call, SSEParser(call))
-        # tied to the generator a `for` loop holds, not to this wrapper (see streams.TrackedStream)
-        self._finalizer = weakref.finalize(self._gen, call.abandon)
-
-    def __iter__(self) -> Iterator[str | bytes]:
-        return self._gen
-
-    def __next__(self) -> str | bytes:
-        return next(self._gen)
-
-    def close(self) -> None:
-        """Stop reading: the call is recorded as aborted unless it had already ended."""
-        if not self._call.done:
-            self._call.emit(self._call.finish("aborted"))
-        self._gen.close()
-        close = getattr(self._lines, "close", None)
-        if callable(close):
-            close()
-
-    def __enter__(self) -> TrackedLines:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        self._start(lines, call, _pump_lines(iter(lines), call, SSEParser(call)))
 
 
 class AsyncTrackedLines:

@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from producer.build import build_event
 from producer.context import CallContext, current_context
@@ -428,20 +428,23 @@ def _pump_chat(it: Iterator[Any], call: _Call) -> Generator[Any, None, None]:
     call.emit(call.finish("ok"))
 
 
-class TrackedStream:
-    """A sync stream that yields the SDK's chunks unchanged and publishes the call's one event.
+class TrackedIterator:
+    """What every sync wrapper shares: chunks flow through `_gen` (a generator: cheaper per chunk than a
+    `__next__` method); closing early records the call as aborted, once; the source is closed too.
 
-    The chunks flow through a generator (cheaper per chunk than a `__next__` method). The
-    abandonment finalizer is tied to that generator, which `for` loops hold, so a stream object
+    The abandonment finalizer is tied to that generator, which `for` loops hold, so a wrapper object
     dropped while its chunks are still being read is not mistaken for an abandoned one.
     """
 
-    def __init__(self, stream: Any, call: _Call, wants: Callable[[Any, _Call], bool] = _wants) -> None:
-        self._stream = stream
+    _source: Any
+    _call: _Call
+    _gen: Generator[Any, None, None]
+
+    def _start(self, source: Any, call: _Call, gen: Generator[Any, None, None]) -> None:
+        self._source = source
         self._call = call
-        it = iter(stream)
-        self._gen = _pump_chat(it, call) if wants is _chat_wants else _pump(it, call, wants)
-        self._finalizer = weakref.finalize(self._gen, call.abandon)
+        self._gen = gen
+        self._finalizer = weakref.finalize(gen, call.abandon)
 
     def __iter__(self) -> Iterator[Any]:
         return self._gen
@@ -454,19 +457,27 @@ class TrackedStream:
         if not self._call.done:
             self._call.emit(self._call.finish("aborted"))
         self._gen.close()
-        close = getattr(self._stream, "close", None)
+        close = getattr(self._source, "close", None)
         if callable(close):
             close()
 
-    def __enter__(self) -> TrackedStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+class TrackedStream(TrackedIterator):
+    """A sync stream that yields the SDK's chunks unchanged and publishes the call's one event."""
+
+    def __init__(self, stream: Any, call: _Call, wants: Callable[[Any, _Call], bool] = _wants) -> None:
+        it = iter(stream)
+        self._start(stream, call, _pump_chat(it, call) if wants is _chat_wants else _pump(it, call, wants))
+
     def __getattr__(self, name: str) -> Any:
         # everything else (response, get_final_completion, ...) is the SDK stream's own
-        return getattr(self._stream, name)
+        return getattr(self._source, name)
 
 
 class AsyncTrackedStream:
@@ -526,7 +537,7 @@ class AsyncTrackedStream:
         await self.aclose()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
+        return getattr(self._source, name)
 
 
 def _is_cancel(exc: BaseException) -> bool:
