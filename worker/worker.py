@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -184,11 +185,19 @@ def _text(value: bytes | str) -> str:
 
 
 def recover_abandoned(queue: Queue) -> list[str]:
-    """Re-queue now the jobs of `queue` whose worker is dead or whose started entry expired.
+    """Re-queue now the jobs of `queue` whose worker is dead or whose started entry expired, and the
+    jobs stranded in rq's intermediate list.
 
     rq alone would leave them in the started registry until their TTL (job timeout + 60 s after the
     last heartbeat), then schedule the retry. Each recovery uses one of the job's retries; a job
     with none left goes to the failed registry (kept for FAILURE_TTL, re-queueable). Returns the ids.
+
+    A worker of one queue dequeues with LMOVE into `<queue>:intermediate`, then adds the job to the
+    started registry: a worker (or Redis) that dies in between leaves the job in that list only, where
+    rq's own cleanup finds it after two sightings a minute apart (a burst worker never does) and no
+    job count shows it. A job still there, outside the started registry, INTERMEDIATE_GRACE seconds
+    later is abandoned (a live worker moves it on within milliseconds; were it still picked up, a
+    second run inserts nothing: event ids dedup).
     """
     client = queue.connection
     registry = StartedJobRegistry(queue.name, connection=client, serializer=JSONSerializer)
@@ -217,7 +226,39 @@ def recover_abandoned(queue: Queue) -> list[str]:
             )
             log.warning("job %s abandoned with no retries left: moved to the failed registry", job_id)
         recovered.append(job_id)
+    stranded = _stranded(queue, registry)
+    if stranded:
+        time.sleep(INTERMEDIATE_GRACE)
+        still = set(_stranded(queue, registry))
+        for job_id in stranded:
+            if job_id not in still or not client.lrem(queue.intermediate_queue_key, 1, job_id):
+                continue  # moved on by its worker, or recovered by another one
+            try:
+                job = Job.fetch(job_id, connection=client, serializer=JSONSerializer)
+            except NoSuchJobError:
+                continue
+            if job.retries_left:
+                job.retries_left -= 1
+                queue.enqueue_job(job)
+                log.warning(
+                    "re-queued job %s stranded in the intermediate list (%s retries left)", job_id, job.retries_left
+                )
+            else:
+                job.set_status(JobStatus.FAILED)
+                FailedJobRegistry(queue.name, connection=client, serializer=JSONSerializer).add(
+                    job, ttl=job.failure_ttl, exc_string="abandoned in the intermediate list, no retries left"
+                )
+            recovered.append(job_id)
     return recovered
+
+
+#: seconds a job may sit in rq's intermediate list outside the started registry before it is abandoned
+INTERMEDIATE_GRACE = 2.0
+
+
+def _stranded(queue: Queue, registry: StartedJobRegistry) -> list[str]:
+    started = set(registry.get_job_ids(cleanup=False))
+    return [j for j in queue.intermediate_queue.get_job_ids() if j not in started]
 
 
 def enqueue_due(queue: Queue) -> int:
