@@ -188,7 +188,10 @@ def _transaction(
                     aggregates.add(conn, "ingest_new")
                     summary = [(str(o), m, int(n)) for o, m, n in cur.execute(query("ingest", "new_summary"))]
                     reservations = [str(r) for (r,) in cur.execute(query("ingest", "new_reservations"))]
-                conflicts = int(_scalar(cur.execute(query("ingest", "record_conflicts")).fetchone()))
+                if inserted < len(parsed.rows):
+                    # a staged copy can only conflict when its key was already taken (by an earlier
+                    # batch or an earlier copy in this one): a batch of only new keys skips the lookups
+                    conflicts = int(_scalar(cur.execute(query("ingest", "record_conflicts")).fetchone()))
         if parsed.rejected:
             park(conn, parsed.rejected, job_id=job_id)
         org_months = [(o, m) for o, m, _ in summary]
