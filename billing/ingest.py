@@ -56,10 +56,10 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Parsed:
-    """A batch after validation: one COPY text line per valid event (the columns of `ingest_stage`, see
-    `_copy_line`) and the rejections."""
+    """A batch after validation: COPY rows (position, event_id, occurred_at, hash, canonical JSON, extra
+    JSON) and rejections."""
 
-    rows: list[str]
+    rows: list[tuple[int, str, datetime, bytes, str, str | None]]
     rejected: list[Rejection]
 
 
@@ -102,7 +102,7 @@ def parse(events: Sequence[Any], *, now: datetime, future_tolerance: timedelta) 
     sha256 is the conflict hash. Events more than `future_tolerance` ahead of `now` are rejected.
     """
     limit = now + future_tolerance
-    rows: list[str] = []
+    rows: list[tuple[int, str, datetime, bytes, str, str | None]] = []
     rejected: list[Rejection] = []
     validate = _Incoming.model_validate_json
     for pos, item in enumerate(events):
@@ -132,7 +132,8 @@ def parse(events: Sequence[Any], *, now: datetime, future_tolerance: timedelta) 
         else:
             canonical = event.model_dump_json()
             extra_json = None
-        rows.append(_copy_line(pos, event, canonical, extra_json))
+        digest = hashlib.sha256(canonical.encode()).digest()
+        rows.append((pos, event.event_id, event.occurred_at, digest, canonical, extra_json))
     return Parsed(rows, rejected)
 
 
@@ -174,7 +175,8 @@ def _transaction(
         if parsed.rows:
             with conn.cursor() as cur:
                 with cur.copy(query("ingest", "copy_stage")) as copy:
-                    copy.write("".join(parsed.rows))
+                    for row in parsed.rows:
+                        copy.write_row(row)
                 routes = cur.execute(query("ingest", "route_months")).fetchall()
                 cur.execute(
                     query("ingest", "insert_new"),
@@ -244,58 +246,6 @@ def quota_hook(name: str) -> Callable[..., None] | None:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def _copy_line(pos: int, event: _Incoming, canonical: str, extra_json: str | None) -> str:
-    # One line of COPY text format for ingest_stage: the validated fields typed, so Postgres neither
-    # parses a jsonb document per event nor extracts its fields (the canonical JSON is kept as text:
-    # only a conflict stores it as jsonb).
-    u = event.usage
-    digest = hashlib.sha256(canonical.encode()).hexdigest()
-    texts = (
-        event.org_id,
-        event.user_id,
-        event.session_id,
-        event.request_type,
-        event.provider,
-        event.model,
-        event.service_tier,
-        event.reservation_id,
-    )
-    if "\\" not in canonical and (extra_json is None or "\\" not in extra_json):
-        # The canonical JSON holds every field, and JSON writes a backslash, quote, tab, newline or
-        # carriage return in a string as a backslash sequence: without one, no value needs a COPY
-        # escape and no tag needs a JSON escape (the common case: no per-field scan).
-        org, user, session, rtype, provider, model, tier, resv = ("\\N" if v is None else v for v in texts)
-        tags = "{" + ",".join(f'"{k}":"{v}"' for k, v in event.tags.items()) + "}"
-        doc, extra = canonical, ("\\N" if extra_json is None else extra_json)
-    else:
-        org, user, session, rtype, provider, model, tier, resv = (_copy_opt(v) for v in texts)
-        tags = _copy_text(json.dumps(event.tags, ensure_ascii=False))
-        doc, extra = _copy_text(canonical), _copy_opt(extra_json)
-    cost = "\\N" if u.provider_cost is None else str(u.provider_cost)
-    latency = "\\N" if event.latency_ms is None else str(event.latency_ms)
-    return (
-        f"{pos}\t{event.event_id}\t{event.occurred_at.isoformat()}\t\\\\x{digest}\t{doc}\t{extra}\t{org}\t{user}\t"
-        f"{session}\t{rtype}\t{provider}\t{model}\t{tier}\t{event.status}\t{'t' if event.estimated else 'f'}\t"
-        f"{latency}\t{resv}\t{tags}\t{u.input_tokens}\t{u.cached_input_tokens}\t{u.cache_write_tokens}\t"
-        f"{u.cache_write_1h_tokens}\t{u.output_tokens}\t{u.reasoning_tokens}\t{cost}\n"
-    )
-
-
-def _copy_text(value: str) -> str:
-    # COPY text format: backslash, tab, newline and carriage return are escaped (NUL never gets here:
-    # validation rejects it in every text field, and JSON escapes it)
-    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
-        return value.translate(_COPY_ESCAPES)
-    return value
-
-
-def _copy_opt(value: str | None) -> str:
-    return "\\N" if value is None else _copy_text(value)
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def _as_text(item: Any) -> str | None:

@@ -3,44 +3,21 @@
 -- added to the aggregates. Statements touch rows in key order, so concurrent workers never deadlock.
 
 -- name: create_stage
--- Per-session scratch tables, emptied at every commit. ingest_stage holds the validated events, typed
--- (Python writes each field of the validated event, so Postgres parses no jsonb document per event),
--- their hash and canonical JSON (text: only a conflict stores it, as jsonb); ingest_new the events
--- actually inserted, shaped like events so that pricing and the aggregates take it as it is.
+-- Per-session scratch tables, emptied at every commit. ingest_stage holds the validated canonical
+-- events (jsonb) with their hash; ingest_new the events actually inserted, shaped like events so
+-- that pricing and the aggregates take it as it is.
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
-    pos                   integer NOT NULL,
-    event_id              text NOT NULL,
-    occurred_at           timestamptz NOT NULL,
-    payload_hash          bytea NOT NULL,
-    doc                   text NOT NULL,
-    extra                 jsonb,
-    org_id                text NOT NULL,
-    user_id               text,
-    session_id            text,
-    request_type          text,
-    provider              text NOT NULL,
-    model                 text NOT NULL,
-    service_tier          text,
-    status                text NOT NULL,
-    estimated             boolean NOT NULL,
-    latency_ms            bigint,
-    reservation_id        text,
-    tags                  jsonb NOT NULL,
-    input_tokens          bigint NOT NULL,
-    cached_input_tokens   bigint NOT NULL,
-    cache_write_tokens    bigint NOT NULL,
-    cache_write_1h_tokens bigint NOT NULL,
-    output_tokens         bigint NOT NULL,
-    reasoning_tokens      bigint NOT NULL,
-    provider_cost         numeric
+    pos          integer NOT NULL,
+    event_id     text NOT NULL,
+    occurred_at  timestamptz NOT NULL,
+    payload_hash bytea NOT NULL,
+    doc          jsonb NOT NULL,
+    extra        jsonb
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS ingest_new (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 
 -- name: copy_stage
-COPY ingest_stage (pos, event_id, occurred_at, payload_hash, doc, extra, org_id, user_id, session_id, request_type,
-                   provider, model, service_tier, status, estimated, latency_ms, reservation_id, tags,
-                   input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
-                   reasoning_tokens, provider_cost) FROM STDIN
+COPY ingest_stage (pos, event_id, occurred_at, payload_hash, doc, extra) FROM STDIN
 
 -- name: route_months
 -- Every usage month of the batch, routed to its billing month (and its row locked FOR SHARE).
@@ -51,11 +28,7 @@ SELECT usage_month, billing_month
 -- The first copy of each event_id in the batch (by position) claims its key; the ones whose key was
 -- free become ingest_new rows. Keys are inserted in event_id order (deterministic lock order).
 WITH firsts AS MATERIALIZED (
-    -- every column but pos and doc (the canonical text is only read by record_conflicts)
-    SELECT DISTINCT ON (event_id)
-           event_id, occurred_at, payload_hash, extra, org_id, user_id, session_id, request_type, provider, model,
-           service_tier, status, estimated, latency_ms, reservation_id, tags, input_tokens, cached_input_tokens,
-           cache_write_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens, provider_cost
+    SELECT DISTINCT ON (event_id) event_id, occurred_at, payload_hash, doc, extra
       FROM ingest_stage
      ORDER BY event_id, pos
 ), claimed AS (
@@ -67,19 +40,25 @@ WITH firsts AS MATERIALIZED (
     RETURNING event_id
 ), routes AS (
     SELECT * FROM unnest(%(usage_months)s::date[], %(billing_months)s::date[]) AS r (usage_month, billing_month)
+), parsed AS (
+    SELECT f.*, f.doc->'usage' AS u
+      FROM firsts f
+      JOIN claimed c ON c.event_id = f.event_id
 )
 INSERT INTO ingest_new (
     event_id, org_id, user_id, session_id, request_type, provider, model, service_tier, status, estimated,
     latency_ms, reservation_id, tags, extra, occurred_at, usage_month, billing_month,
     input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
     reasoning_tokens, provider_cost)
-SELECT f.event_id, f.org_id, f.user_id, f.session_id, f.request_type, f.provider, f.model, f.service_tier, f.status,
-       f.estimated, f.latency_ms, f.reservation_id, f.tags, f.extra, f.occurred_at, r.usage_month, r.billing_month,
-       f.input_tokens, f.cached_input_tokens, f.cache_write_tokens, f.cache_write_1h_tokens, f.output_tokens,
-       f.reasoning_tokens, f.provider_cost
-  FROM firsts f
-  JOIN claimed c ON c.event_id = f.event_id
-  JOIN routes r ON r.usage_month = date_trunc('month', f.occurred_at)::date
+SELECT p.event_id, p.doc->>'org_id', p.doc->>'user_id', p.doc->>'session_id', p.doc->>'request_type',
+       p.doc->>'provider', p.doc->>'model', p.doc->>'service_tier', p.doc->>'status', (p.doc->'estimated')::boolean,
+       (p.doc->>'latency_ms')::bigint, p.doc->>'reservation_id', p.doc->'tags', p.extra, p.occurred_at,
+       r.usage_month, r.billing_month,
+       (p.u->>'input_tokens')::bigint, (p.u->>'cached_input_tokens')::bigint, (p.u->>'cache_write_tokens')::bigint,
+       (p.u->>'cache_write_1h_tokens')::bigint, (p.u->>'output_tokens')::bigint, (p.u->>'reasoning_tokens')::bigint,
+       (p.u->>'provider_cost')::numeric
+  FROM parsed p
+  JOIN routes r ON r.usage_month = date_trunc('month', p.occurred_at)::date
 
 -- name: insert_events
 INSERT INTO events SELECT * FROM ingest_new
@@ -100,7 +79,7 @@ WITH differing AS MATERIALIZED (
      WHERE k.payload_hash <> s.payload_hash
 ), recorded AS (
     INSERT INTO event_conflicts (event_id, first_hash, conflict_hash, payload)
-    SELECT DISTINCT ON (event_id, conflict_hash) event_id, first_hash, conflict_hash, doc::jsonb
+    SELECT DISTINCT ON (event_id, conflict_hash) event_id, first_hash, conflict_hash, doc
       FROM differing
      ORDER BY event_id, conflict_hash
         ON CONFLICT (event_id, conflict_hash) DO NOTHING
