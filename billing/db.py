@@ -28,7 +28,7 @@ def connect(settings: Settings, *, autocommit: bool = False, **kwargs: Any) -> p
         )
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
-            f"database unreachable at {redact(settings.database_url)}: {_first_line(exc)}"
+            f"database unreachable at {redact(settings.database_url)}: {first_line(exc)}"
         ) from exc
 
 
@@ -65,9 +65,10 @@ def translated(settings: Settings) -> Iterator[None]:
     try:
         yield
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"database error at {redact(settings.database_url)}: {_first_line(exc)}") from exc
+        raise DatabaseUnavailable(f"database error at {redact(settings.database_url)}: {first_line(exc)}") from exc
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (driver messages span several), or its type's name."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

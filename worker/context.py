@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
 
+import psycopg
 import typer
 from pydantic import ValidationError
 
-from billing.errors import ConfigError
+from billing import migrate
+from billing.db import connect, first_line, translated
+from billing.errors import ConfigError, PermanentError, TransientError
 from billing.settings import Settings
 
 
@@ -35,3 +40,17 @@ def fail(message: str, code: int = 1) -> NoReturn:
 def log(message: str) -> None:
     """Progress and logs go to standard error; standard output carries only the requested output."""
     print(message, file=sys.stderr)
+
+
+@contextmanager
+def migrated_db(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to a migrated database for one command; a driver error becomes a
+    one-line failure (a constraint the database enforces: permanent; anything else: transient)."""
+    with translated(settings), connect(settings, autocommit=True) as conn:
+        migrate.require_current(conn)
+        try:
+            yield conn
+        except psycopg.errors.IntegrityError as exc:
+            raise PermanentError(f"rejected by the database: {first_line(exc)}") from exc
+        except psycopg.Error as exc:
+            raise TransientError(f"database error: {first_line(exc)}") from exc

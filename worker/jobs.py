@@ -16,7 +16,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from billing import ingest
-from billing.db import is_transient
+from billing.db import first_line, is_transient
 from billing.errors import InputError, PermanentError, TransientError
 from producer import jobspec
 from worker import observability
@@ -74,7 +74,7 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
     try:
         result = _ingest_once(res, events, job_id)
     except DATA_ERRORS as exc:
-        reason = f"ingest failed: {type(exc).__name__}: {_first_line(exc)}"
+        reason = f"ingest failed: {type(exc).__name__}: {first_line(exc)}"
         if len(events) > 1:
             return _split(job, events, reason)
         _park(res, events, reason, job_id)
@@ -97,8 +97,8 @@ def _ingest_once(res: proc.Resources, events: list[str], job_id: str | None) -> 
             if not _transient(exc):
                 raise
             if attempt == 2:
-                raise TransientError(f"transient database failure: {_first_line(exc)}") from exc
-            log.warning("transient database failure, retrying once on a fresh connection: %s", _first_line(exc))
+                raise TransientError(f"transient database failure: {first_line(exc)}") from exc
+            log.warning("transient database failure, retrying once on a fresh connection: %s", first_line(exc))
     raise AssertionError("unreachable")
 
 
@@ -132,7 +132,7 @@ def _park(res: proc.Resources, events: list[str], reason: str, job_id: str | Non
             ingest.park(conn, [ingest.rejection(0, events[0], reason)], job_id=job_id)
     except (psycopg.Error, PoolTimeout) as exc:
         if _transient(exc):
-            raise TransientError(f"transient database failure while parking an event: {_first_line(exc)}") from exc
+            raise TransientError(f"transient database failure while parking an event: {first_line(exc)}") from exc
         raise
     log.warning("parked 1 event of job %s: %s", job_id, reason)
 
@@ -148,9 +148,4 @@ def _refresh_mirror(res: proc.Resources, org_months: list[Any], reservation_ids:
         with res.pool.connection() as conn:
             hook(conn, res.redis, org_months, reservation_ids)
     except Exception as exc:  # logged: the mirror is rebuilt from Postgres later
-        log.warning("quota mirror refresh failed (the job still succeeded): %s", _first_line(exc))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+        log.warning("quota mirror refresh failed (the job still succeeded): %s", first_line(exc))

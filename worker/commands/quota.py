@@ -4,36 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
-import psycopg
 import redis
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from billing import alerts, migrate, quotas
-from billing.db import connect, translated
-from billing.errors import InputError, RedisUnavailable, TransientError
+from billing import alerts, quotas
+from billing.errors import InputError, RedisUnavailable
 from billing.money import round_amount
 from billing.settings import Settings, redact
-from worker.context import log, settings_from
+from worker.context import log, migrated_db, settings_from
 
 quota_app = typer.Typer(help="Set and show quotas; maintain the Redis mirror and alert delivery.", no_args_is_help=True)
-
-
-@contextmanager
-def _db(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
-    """An autocommit connection to a migrated database; driver errors become one-line failures."""
-    with translated(settings), connect(settings, autocommit=True) as conn:
-        migrate.require_current(conn)
-        try:
-            yield conn
-        except psycopg.Error as exc:
-            raise TransientError(f"database error: {str(exc).strip().splitlines()[0]}") from exc
 
 
 def _redis(settings: Settings) -> redis.Redis:
@@ -80,7 +65,7 @@ def set_command(  # noqa: PLR0917 - the CLI's options
     if money is not None:
         specs.append(("money", _decimal(money, "--money")))
     client = _redis(settings)
-    with _db(settings) as conn:
+    with migrated_db(settings) as conn:
         for kind, limit in specs:
             quota_id = quotas.set_quota(
                 conn,
@@ -114,7 +99,7 @@ def delete_command(
 ) -> None:
     """Remove a quota (and its alerts)."""
     settings = settings_from(ctx)
-    with _db(settings) as conn:
+    with migrated_db(settings) as conn:
         if not quotas.delete_quota(conn, org_id=org, kind=kind, user_id=user):
             raise InputError(f"no {kind} quota for org {org}" + (f" user {user}" if user else ""))
         try:
@@ -141,7 +126,7 @@ def show_command(
     if fmt not in ("table", "json"):
         raise InputError(f"unknown format {fmt!r}: expected table or json")
     settings = settings_from(ctx)
-    with _db(settings) as conn:
+    with migrated_db(settings) as conn:
         rows = quotas.quota_status(conn, org)
     if fmt == "json":
         sys.stdout.write(json.dumps([r.as_json() for r in rows], indent=2) + "\n")
@@ -184,7 +169,7 @@ def alerts_command(
 ) -> None:
     """The alerts outbox as JSON: fired thresholds and their delivery state."""
     settings = settings_from(ctx)
-    with _db(settings) as conn:
+    with migrated_db(settings) as conn:
         rows = quotas.list_alerts(conn, org)
     sys.stdout.write(json.dumps(rows, indent=2, default=_json_default) + "\n")
 
@@ -204,7 +189,7 @@ def rebuild_command(
     settings = settings_from(ctx)
     client = _redis(settings)
     try:
-        with _db(settings) as conn:
+        with migrated_db(settings) as conn:
             if check:
                 rebuilt = quotas.ensure_mirror(conn, client)
                 log("quota mirror drifted: rebuilt" if rebuilt else "quota mirror is current")
@@ -221,7 +206,7 @@ def deliver_command(ctx: typer.Context) -> None:
     """Enqueue delivery of every undelivered alert never handed over or stuck (the periodic sweep)."""
     settings = settings_from(ctx)
     try:
-        with _db(settings) as conn:
+        with migrated_db(settings) as conn:
             count = alerts.sweep_alerts(conn, _redis(settings), settings.queue)
     except redis.RedisError as exc:
         raise RedisUnavailable(f"Redis unreachable at {redact(settings.redis_url)}: {exc}") from exc
@@ -237,7 +222,7 @@ def unpriced_rate_command(
 ) -> None:
     """Set the floor of the conservative rate that charges unpriced usage against money limits."""
     settings = settings_from(ctx)
-    with _db(settings) as conn:
+    with migrated_db(settings) as conn:
         quotas.set_unpriced_rate(
             conn,
             input_per_million=_decimal(input_rate, "--input"),

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from billing import migrate
 from billing import rates as rate_tables
-from billing.db import connect, translated
-from billing.errors import InputError, PermanentError, TransientError
-from billing.settings import Settings
-from worker.context import log, settings_from
+from billing.errors import InputError
+from worker.context import log, migrated_db, settings_from
 
 rates_app = typer.Typer(help="Import and inspect rate tables (prices per million tokens).", no_args_is_help=True)
 org_app = typer.Typer(help="Per-org pricing: billing currency, discount or markup, custom rates.", no_args_is_help=True)
@@ -30,24 +25,6 @@ org_app = typer.Typer(help="Per-org pricing: billing currency, discount or marku
 class Format(StrEnum):
     table = "table"
     json = "json"
-
-
-@contextmanager
-def _db(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
-    """A connection to a migrated database; a driver error becomes a one-line failure."""
-    with translated(settings), connect(settings, autocommit=True) as conn:
-        migrate.require_current(conn)
-        try:
-            yield conn
-        except psycopg.errors.IntegrityError as exc:
-            raise PermanentError(f"rejected by the database: {_first_line(exc)}") from exc
-        except psycopg.Error as exc:
-            raise TransientError(f"database error: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _json_default(value: Any) -> Any:
@@ -137,16 +114,16 @@ def import_command(  # noqa: PLR0917 - the CLI's options
             raise InputError("the genai-prices catalogue gave no rows (check --provider)")
         where = f"genai-prices {mapped.version}"
         rows = list(enumerate(mapped.rows, start=1))
-        with _db(settings) as conn:
+        with migrated_db(settings) as conn:
             result = rate_tables.import_rows(conn, rows, where=where, default_source=where)
     elif builtin:
         where = rate_tables.BUILTIN_SOURCE
-        with _db(settings) as conn:
+        with migrated_db(settings) as conn:
             result = rate_tables.import_builtin(conn)
     else:
         assert file is not None
         where = str(file)
-        with _db(settings) as conn:
+        with migrated_db(settings) as conn:
             result = rate_tables.import_csv(conn, file, org_id=org)
     log(f"{where}: {result.inserted} rate(s) added, {result.unchanged} already present")
 
@@ -161,7 +138,7 @@ def list_command(
 ) -> None:
     """List rate rows with their source, the date the source gives and when they were imported (prices per
     million tokens; empty = the fallback)."""
-    with _db(settings_from(ctx)) as conn:
+    with migrated_db(settings_from(ctx)) as conn:
         rows = rate_tables.list_rates(conn, model=model, provider=provider, org_id=org)
     if fmt is Format.json:
         _print_json(rows)
@@ -198,7 +175,7 @@ def missing_command(
     fmt: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
 ) -> None:
     """Unpriced usage (no rate matched) by provider and model: import a rate, then `usagebill reprice`."""
-    with _db(settings_from(ctx)) as conn:
+    with migrated_db(settings_from(ctx)) as conn:
         rows = rate_tables.missing(conn)
     if fmt is Format.json:
         _print_json(rows)
@@ -221,7 +198,7 @@ def set_currency_command(
     currency: Annotated[str, typer.Argument(help="ISO 4217 code, e.g. EUR.")],
 ) -> None:
     """Set the org's billing currency: its events are priced from rate rows in that currency only."""
-    with _db(settings_from(ctx)) as conn:
+    with migrated_db(settings_from(ctx)) as conn:
         rate_tables.set_currency(conn, org, currency)
     log(f"org {org}: currency {currency} (applies to events priced from now on)")
 
@@ -240,7 +217,7 @@ def discount_command(
         value = Decimal(percent.strip())
     except InvalidOperation:
         raise InputError(f"PERCENT must be a decimal number, got {percent!r}") from None
-    with _db(settings_from(ctx)) as conn:
+    with migrated_db(settings_from(ctx)) as conn:
         added = rate_tables.set_adjustment(conn, org, value, _when(since, "--from"), note)
     log(f"org {org}: {value}% from {since}" + ("" if added else " (already recorded)"))
 
@@ -252,7 +229,7 @@ def org_rate_command(
     file: Annotated[Path, typer.Argument(help="A rates CSV of net prices for this org.", dir_okay=False)],
 ) -> None:
     """Import custom (net) rate rows for one org: they win over public rows for the models they match."""
-    with _db(settings_from(ctx)) as conn:
+    with migrated_db(settings_from(ctx)) as conn:
         result = rate_tables.import_csv(conn, file, org_id=org)
     log(f"{file}: {result.inserted} custom rate(s) added for org {org}, {result.unchanged} already present")
 
@@ -264,7 +241,7 @@ def show_command(
     fmt: Annotated[Format, typer.Option("--format", help="table or json.")] = Format.table,
 ) -> None:
     """Show the org's pricing: currency, discounts/markups and custom rate rows."""
-    with _db(settings_from(ctx)) as conn:
+    with migrated_db(settings_from(ctx)) as conn:
         info = rate_tables.org_pricing(conn, org)
     if fmt is Format.json:
         _print_json(info)
