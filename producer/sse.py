@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import weakref
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from typing import Any
@@ -73,18 +72,18 @@ class SSEParser:
         return "error" if self.error else "ok"
 
 
-#: other places a data line may carry usage (Groq, Gemini, google-genai, Hunyuan, Ollama native, Bedrock)
-_OTHER_USAGE = re.compile(r'"(?:x_groq|usageMetadata|usage_metadata|Usage|eval_count|metadata)"')
-
-
 def _has_usage(data: str) -> bool:
-    # OpenAI-style streams send `"usage": null` on every chunk once usage is asked for: only a non-null one counts
-    i = data.find('"usage"')
+    # One substring search finds (nearly) every place a data line carries usage: `usage` (OpenAI-style, also inside
+    # Groq's x_groq and Moonshot's choices[0]), Gemini's `usageMetadata`, Hunyuan's `Usage`. Streams that
+    # asked for usage send `"usage": null` on every chunk: only a non-null value counts.
+    i = data.find("sage")
     while i >= 0:
-        if data[i + 7 : i + 16].lstrip(" :")[:4] != "null":
-            return True
-        i = data.find('"usage"', i + 7)
-    return _OTHER_USAGE.search(data) is not None
+        if data[i - 1 : i] in ("u", "U"):
+            tail = data[i + 4 : i + 14]
+            if tail[:1] != '"' or tail[1:].lstrip(" :")[:4] != "null":
+                return True
+        i = data.find("sage", i + 4)
+    return '"eval_count"' in data  # Ollama's native final object, when its lines come this way
 
 
 def _decode(line: str | bytes) -> str | None:

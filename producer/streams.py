@@ -322,31 +322,32 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-#: keys under which a chunk (as a mapping) may carry usage: OpenAI-style `usage`, Groq `x_groq.usage`,
-#: Gemini `usageMetadata` (`usage_metadata` in google-genai), Hunyuan `Usage` (also inside `Response`),
-#: Ollama's final `done` object, Bedrock's stream `metadata`
-USAGE_KEYS = ("usage", "x_groq", "usageMetadata", "usage_metadata", "Usage", "Response", "eval_count", "metadata")
+#: keys besides `usage` under which a non-OpenAI-shaped chunk (as a mapping) may carry usage: Gemini
+#: `usageMetadata` (`usage_metadata` in google-genai), Hunyuan `Usage` (also inside `Response`),
+#: Ollama's final object, Bedrock's stream `metadata`, Groq's `x_groq`
+OTHER_USAGE_KEYS = frozenset(
+    {"x_groq", "usageMetadata", "usage_metadata", "Usage", "Response", "eval_count", "metadata"}
+)
 
 
 def _mapping_has_usage(chunk: Mapping[str, Any]) -> bool:
-    for key in USAGE_KEYS:
-        if chunk.get(key) is not None:
-            return True
+    if chunk.get("usage") is not None:
+        return True
     choices: Any = chunk.get("choices")
-    # Moonshot puts the usage inside choices[0] of its finish chunk
-    return bool(choices) and isinstance(choices[0], Mapping) and choices[0].get("usage") is not None
+    if choices is not None:
+        # OpenAI-compatible: usage outside `usage` (Groq x_groq.usage, Moonshot choices[0].usage) rides on
+        # the finish chunk or on a chunk without choices; the content chunks in between carry none
+        return not choices or not isinstance(choices[0], Mapping) or choices[0].get("finish_reason") is not None
+    return not OTHER_USAGE_KEYS.isdisjoint(chunk.keys())
 
 
 def _chat_object_has_usage(chunk: Any) -> bool:
-    # an SDK chat chunk: top-level usage, or (as extras the SDK keeps) Groq's x_groq and Moonshot's
-    # choices[0].usage, which only the finish chunk can carry
+    # an SDK chat chunk: top-level usage, or (kept by the SDK as extras) Groq's x_groq.usage and Moonshot's
+    # choices[0].usage, which ride on the finish chunk or on a chunk without choices
     if chunk.usage is not None:
         return True
-    extra = getattr(chunk, "__pydantic_extra__", None)
-    if extra and extra.get("x_groq") is not None:
-        return True
     choices = chunk.choices
-    return bool(choices) and choices[0].finish_reason is not None
+    return not choices or choices[0].finish_reason is not None
 
 
 def _wants(chunk: Any, call: _Call) -> bool:
@@ -414,7 +415,7 @@ def _pump_chat(it: Iterator[Any], call: _Call) -> Generator[Any, None, None]:
     try:
         for chunk in it:
             append(chunk)
-            if first or chunk.usage is not None or _chat_object_has_usage(chunk):
+            if first or chunk.usage is not None or not (ch := chunk.choices) or ch[0].finish_reason is not None:
                 first = False
                 observe(chunk)
                 if hide and chunk.usage is not None and not chunk.choices:
