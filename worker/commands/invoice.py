@@ -21,7 +21,7 @@ from billing.invoices import month_text, parse_month
 from billing.reprice import RepriceResult
 from billing.reprice import reprice as run_reprice
 from billing.settings import Settings
-from worker import scheduler
+from worker import observability, scheduler
 from worker.context import log, settings_from
 from worker.invoicing import close
 
@@ -171,8 +171,9 @@ def _refresh_quota_mirror(settings: Settings) -> None:
 
 def scheduler_command(ctx: typer.Context) -> None:
     """Run the periodic-job scheduler (month close, alerts, reconcile) until SIGTERM: the Procfile's `scheduler:`."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    scheduler.run(settings_from(ctx))
+    settings = settings_from(ctx)
+    observability.setup_logging(logging.INFO, settings.log_format)
+    scheduler.run(settings)
 
 
 def register(app: typer.Typer) -> None:
