@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import weakref
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from typing import Any
 
-from producer.streams import Publish, TrackedIterator, _Call, _context, _is_cancel
+from producer.streams import AsyncTrackedIterator, Publish, TrackedIterator, _Call, _context, _is_cancel
 
 logger = logging.getLogger("usagebill.producer")
 
@@ -122,18 +121,13 @@ class TrackedLines(TrackedIterator):
         self._start(lines, call, _pump_lines(iter(lines), call, SSEParser(call)))
 
 
-class AsyncTrackedLines:
+class AsyncTrackedLines(AsyncTrackedIterator):
     """An async iterator of SSE lines that passes each line through and publishes the call's event."""
 
     def __init__(self, lines: Any, call: _Call) -> None:
-        self._lines = lines
         self._it: AsyncIterator[str | bytes] = lines.__aiter__()
-        self._call = call
         self._parser = SSEParser(call)
-        self._finalizer = weakref.finalize(self, call.abandon)
-
-    def __aiter__(self) -> AsyncTrackedLines:
-        return self
+        self._start(lines, call)
 
     async def __anext__(self) -> str | bytes:
         try:
@@ -148,24 +142,6 @@ class AsyncTrackedLines:
         if text is not None:
             self._parser.feed(text)
         return line
-
-    async def _end(self, status: str, error: BaseException | None = None) -> None:
-        self._finalizer.detach()
-        await self._call.emit_async(self._call.finish(status, error=error))
-
-    async def aclose(self) -> None:
-        """Stop reading: the call is recorded as aborted unless it had already ended."""
-        if not self._call.done:
-            await self._end("aborted")
-        close = getattr(self._lines, "aclose", None)
-        if callable(close):
-            await close()
-
-    async def __aenter__(self) -> AsyncTrackedLines:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 def track_sse_lines(

@@ -481,19 +481,54 @@ class TrackedStream(TrackedIterator):
         return getattr(self._source, name)
 
 
-class AsyncTrackedStream:
+class AsyncTrackedIterator:
+    """What every async wrapper shares: ending the call once (ok, error or aborted), closing the source
+    (its `aclose`, else its `close`), and the async iterator and context-manager protocols."""
+
+    _source: Any
+    _call: _Call
+    _finalizer: weakref.finalize[Any, Any]
+
+    def _start(self, source: Any, call: _Call) -> None:
+        self._source = source
+        self._call = call
+        # tied to the wrapper: an async for loop holds the wrapper itself
+        self._finalizer = weakref.finalize(self, call.abandon)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def _end(self, status: str, error: BaseException | None = None) -> None:
+        self._finalizer.detach()
+        await self._call.emit_async(self._call.finish(status, error=error))
+
+    async def aclose(self) -> None:
+        """Stop reading: the call is recorded as aborted unless it had already ended."""
+        if not self._call.done:
+            await self._end("aborted")
+        for name in ("aclose", "close"):
+            close = getattr(self._source, name, None)
+            if callable(close):
+                result = close()
+                if inspect.isawaitable(result):
+                    await result
+                return
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class AsyncTrackedStream(AsyncTrackedIterator):
     """An async stream that yields the SDK's chunks unchanged and publishes the call's one event."""
 
     def __init__(self, stream: Any, call: _Call, wants: Callable[[Any, _Call], bool] = _wants) -> None:
-        self._stream = stream
         self._it: AsyncIterator[Any] = stream.__aiter__()
-        self._call = call
         self._wants = wants
         self._chunks_append = call.chunks.append
-        self._finalizer = weakref.finalize(self, call.abandon)
-
-    def __aiter__(self) -> AsyncTrackedStream:
-        return self
+        self._start(stream, call)
 
     async def __anext__(self) -> Any:
         try:
@@ -511,30 +546,8 @@ class AsyncTrackedStream:
                 return await self.__anext__()
         return chunk
 
-    async def _end(self, status: str, error: BaseException | None = None) -> None:
-        self._finalizer.detach()
-        await self._call.emit_async(self._call.finish(status, error=error))
-
-    async def aclose(self) -> None:
-        """Stop reading: the call is recorded as aborted unless it had already ended."""
-        if not self._call.done:
-            await self._end("aborted")
-        for name in ("aclose", "close"):
-            close = getattr(self._stream, name, None)
-            if callable(close):
-                result = close()
-                if inspect.isawaitable(result):
-                    await result
-                return
-
     async def close(self) -> None:
         """The SDKs' name for `aclose()`."""
-        await self.aclose()
-
-    async def __aenter__(self) -> AsyncTrackedStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
     def __getattr__(self, name: str) -> Any:
