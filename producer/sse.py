@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from typing import Any
 
-from producer.streams import AsyncTrackedIterator, Publish, TrackedIterator, _Call, _context, _is_cancel
+from producer.streams import AsyncTrackedIterator, Publish, TrackedIterator, _Call, _is_cancel, new_call
 
 logger = logging.getLogger("usagebill.producer")
 
@@ -163,10 +163,7 @@ def track_sse_lines(
     `request` is the JSON body sent (its model, and its messages for an estimate if no usage comes).
     For an OpenAI-compatible API, ask for usage in the body: `stream_options={"include_usage": True}`.
     """
-    req = dict(request or {})
-    if model is not None:
-        req["model"] = model
-    call = _Call(provider=provider, request=req, context=_context(context), publish=publish, started=started)
+    call = new_call(provider, model=model, request=request, publish=publish, started=started, context=context)
     if hasattr(lines, "__aiter__"):
         return AsyncTrackedLines(lines, call)
     return TrackedLines(lines, call)

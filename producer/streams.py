@@ -658,6 +658,22 @@ def _context(explicit: Mapping[str, Any]) -> CallContext:
     return current_context().merged(**{k: v for k, v in explicit.items() if k in CONTEXT_KEYS})
 
 
+def new_call(
+    provider: str,
+    *,
+    model: str | None,
+    request: Mapping[str, Any] | None,
+    publish: Publish | None,
+    started: float | None,
+    context: Mapping[str, Any],
+) -> _Call:
+    """The call of a stream, response or SSE body the app already holds: what `track_*` wrap."""
+    req = dict(request or {})
+    if model is not None:
+        req["model"] = model
+    return _Call(provider=provider, request=req, context=_context(context), publish=publish, started=started)
+
+
 def track_stream(
     stream: Any,
     *,
@@ -674,10 +690,7 @@ def track_stream(
     `started` is the `time.perf_counter()` of the request, for latency. Context keyword arguments
     (org_id, user_id, ...) override the `billing_context` in force.
     """
-    req = dict(request or {})
-    if model is not None:
-        req["model"] = model
-    call = _Call(provider=provider, request=req, context=_context(context), publish=publish, started=started)
+    call = new_call(provider, model=model, request=request, publish=publish, started=started, context=context)
     if hasattr(stream, "__aiter__"):
         return AsyncTrackedStream(stream, call)
     return TrackedStream(stream, call)
@@ -694,10 +707,7 @@ def track_response(
     **context: Any,
 ) -> Any:
     """Publish the event of a whole (non-streamed) response and return the response unchanged."""
-    req = dict(request or {})
-    if model is not None:
-        req["model"] = model
-    call = _Call(provider=provider, request=req, context=_context(context), publish=publish, started=started)
+    call = new_call(provider, model=model, request=request, publish=publish, started=started, context=context)
     call.emit(call.finish("ok", response=response))
     return response
 
