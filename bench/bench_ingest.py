@@ -282,8 +282,9 @@ def backend_cpu(pid: int) -> float:
 def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -> tuple[dict[str, float], str]:
     """Per-step time of the in-process ingest path (ms per batch), and a cProfile summary.
 
-    Each statement is timed by its named block; `pricing` is billing.pricing.price_rows; what the
-    named steps do not cover (COPY, commit, round trips, Python glue) is the rest of `whole batch`.
+    Each statement is timed by its named block; `claim + expand + price` is the one statement that claims
+    the new keys and prices the claimed events into ingest_new; what the named steps do not cover (COPY,
+    commit, round trips, Python glue) is the rest of `whole batch`.
     """
     timings: dict[str, float] = defaultdict(float)
     names: dict[str, str] = {}
@@ -292,7 +293,6 @@ def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -
             names[text.replace("{table}", '"ingest_new"')] = name
     context: list[str] = []
     real_exec = psycopg.Cursor.execute
-    real_price = billing.ingest.pricing.price_rows
     real_parse = billing.ingest.parse
 
     def timed_exec(self: psycopg.Cursor[Any], q: Any, params: Any = None, **kw: Any) -> Any:
@@ -303,13 +303,6 @@ def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -
             return real_exec(self, q, params, **kw)
         finally:
             timings[name] += time.perf_counter() - t
-
-    def timed_price(conn: psycopg.Connection[Any], table: str) -> None:
-        context.append("pricing (price_rows)")
-        try:
-            real_price(conn, table)
-        finally:
-            context.pop()
 
     def timed_parse(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
@@ -324,8 +317,10 @@ def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -
             add_rates(url)
             settings = Settings(DATABASE_URL=url)
             with psycopg.connect(url, options=CONNECT_OPTIONS) as conn:
+                claim = getattr(billing.ingest, "_claim_and_price", None)  # absent before pricing joined the claim
+                if claim is not None:
+                    names[claim().as_string(conn).strip()] = "claim + expand + price"
                 psycopg.Cursor.execute = timed_exec  # type: ignore[method-assign]
-                billing.ingest.pricing.price_rows = timed_price
                 billing.ingest.parse = timed_parse  # type: ignore[assignment]
                 backend = conn.info.backend_pid
                 t0, c0, b0 = time.perf_counter(), time.process_time(), backend_cpu(backend)
@@ -344,7 +339,6 @@ def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -
                 psycopg.Cursor.execute = real_exec  # type: ignore[method-assign]
     finally:
         psycopg.Cursor.execute = real_exec  # type: ignore[method-assign]
-        billing.ingest.pricing.price_rows = real_price
         billing.ingest.parse = real_parse  # type: ignore[assignment]
     named = sum(v for k, v in timings.items() if k != "whole batch" and not k.startswith("CPU"))
     timings["COPY, commit, glue"] = timings["whole batch"] - named
@@ -360,8 +354,13 @@ def main() -> None:
     ap.add_argument("--naive", type=int, default=2000)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--latency-seconds", type=float, default=8.0)
+    ap.add_argument("--steps-only", action="store_true", help="only the in-process per-step cost (no rq, no workers)")
     args = ap.parse_args()
     texts, distinct = make_events(args.events, dup_frac=0.1, orgs=50, users=100)
+    if args.steps_only:
+        with template_db() as template:
+            print_steps(args.batch, *steps(template, texts, args.batch))
+        return
     print(f"events: {len(texts)} published, {distinct} distinct (10% duplicates), batches of {args.batch}")
     with private_redis() as redis_url, template_db() as template:
         ceiling = copy_ceiling(template, texts)
@@ -370,10 +369,7 @@ def main() -> None:
         naive_rate = naive(template, redis_url, texts[: args.naive])
         # the goal's rate, then a rate this machine sustains (latency without a growing backlog)
         lats = {rate: latency(template, redis_url, rate, args.latency_seconds, 250) for rate in (5000, 1000)}
-        hot_texts, _ = make_events(30_000, dup_frac=0.0, orgs=2, users=1, seed=3)
-        hot, _ = aggregate_cost(template, hot_texts, args.batch, profile=False)
-        wide, prof = aggregate_cost(template, texts[:30_000], args.batch, profile=True)
-        wide_cpu, _ = aggregate_cost(template, texts[:30_000], args.batch, profile=False)
+        hot, wide, wide_cpu, prof = steps(template, texts, args.batch)
     print(f"COPY ceiling (unindexed table):      {ceiling:10.0f} events/s")
     print(f"end to end, 1 worker:                {one:10.0f} events/s   = {one / ceiling:.3f} of the COPY ceiling")
     print(f"end to end, 2 workers:               {two:10.0f} events/s   = {two / ceiling:.3f} of the COPY ceiling")
@@ -390,11 +386,28 @@ def main() -> None:
     print("table sizes after the 1-worker run (rows, bytes incl. indexes):")
     for table, (rows, size) in sizes.items():
         print(f"  {table:14s} {rows:9d} rows {size / 1e6:8.1f} MB")
-    print(f"ingest steps, ms per {args.batch}-event batch (in-process):")
+    print_steps(args.batch, hot, wide, wide_cpu, prof)
+
+
+def steps(
+    template: str, texts: list[str], batch: int
+) -> tuple[dict[str, float], dict[str, float], dict[str, float], str]:
+    """The in-process per-step cost: a hot mix, the wide mix profiled, and the wide mix's CPU unprofiled."""
+    hot_texts, _ = make_events(30_000, dup_frac=0.0, orgs=2, users=1, seed=3)
+    hot, _ = aggregate_cost(template, hot_texts, batch, profile=False)
+    wide, prof = aggregate_cost(template, texts[:30_000], batch, profile=True)
+    wide_cpu, _ = aggregate_cost(template, texts[:30_000], batch, profile=False)
+    return hot, wide, wide_cpu, prof
+
+
+def print_steps(
+    batch: int, hot: dict[str, float], wide: dict[str, float], wide_cpu: dict[str, float], prof: str
+) -> None:
+    print(f"ingest steps, ms per {batch}-event batch (in-process):")
     print(f"  {'step':24s} {'hot rows (2 orgs, 1 user)':>26s} {'wide (50 orgs x 100 users)':>28s}")
     cpu = [k for k in hot if k.startswith("CPU")]
-    steps = [*sorted((k for k in wide if k != "whole batch" and k not in cpu), key=lambda k: -wide[k]), "whole batch"]
-    for step in steps:
+    names = [*sorted((k for k in wide if k != "whole batch" and k not in cpu), key=lambda k: -wide[k]), "whole batch"]
+    for step in names:
         print(f"  {step:24s} {hot.get(step, 0):26.1f} {wide.get(step, 0):28.1f}")
     for step in cpu:  # the wide mix's CPU comes from a second, unprofiled run
         print(f"  {step:26s} {hot[step]:24.1f} {wide_cpu.get(step, 0):28.1f}")

@@ -1,16 +1,19 @@
-"""Benchmark: pricing 100k events with `price_rows` (set-based SQL) vs litellm and genai-prices per event.
+"""Benchmark: pricing 100k events with `insert_priced` (set-based SQL) vs litellm and genai-prices per event.
 
     .venv/bin/python bench/bench_pricing.py [--events 100000] [--batch 1000] [--reference-events N]
 
 Creates a scratch database (usagebill_bench_pricing_<pid>), imports the shipped public rates, builds
 the same events for every contender and prices them:
-  * usagebill `price_rows` in batches of --batch rows (the ingest shape: COPY into a per-session temp
-    table, price, commit; only `price_rows` is timed) and in one batch of all events;
-  * a plain UPDATE of the same batches writing constants: the floor of any design that fills the
-    batch table's pricing columns (what `price_rows` must do), measured the same way;
+  * usagebill `insert_priced` (the statement the ingest runs: every row of a batch table into the next
+    table with its rates resolved and its costs computed) in batches of --batch rows (the ingest shape:
+    COPY into a per-session temp table, insert priced, commit; only the insert is timed) and in one
+    batch of all events;
+  * the same INSERT of the same rows without pricing (the rows have to move anyway): pricing's cost is
+    the difference, reported as "pricing" per event, and the whole priced insert is reported too;
   * `litellm.cost_per_token` and `genai_prices.calc_price`, one call per event (installed for the
     benchmark only; a missing one is reported and skipped).
-Prints microseconds per event and the ratios. The machine is shared: run it twice and compare.
+Each SQL shape runs --repeat times, alternating, and the median is kept. Prints microseconds per event
+and the ratios. The machine is shared: run it twice and compare.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import psycopg
 
 from billing import migrate
 from billing.db import CONNECT_OPTIONS
-from billing.pricing import price_rows
+from billing.pricing import insert_priced
 from billing.rates import import_builtin
 
 ADMIN_URL = os.environ.get("USAGEBILL_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -84,19 +87,24 @@ def make_events(n: int, seed: int = 7) -> list[tuple[Any, ...]]:
     return events
 
 
-#: the floor of any "fill the batch table" design: an UPDATE of the same rows writing constants
-FLOOR = "UPDATE bench_new SET rate_id = 0, currency = 'USD', cost_total = 0, priced_at = now()"
+#: the same rows moved without pricing: what the ingest's insert costs anyway
+PLAIN = (
+    "INSERT INTO bench_out (event_id, org_id, provider, model, occurred_at, usage_month, billing_month,"
+    " input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens)"
+    " SELECT event_id, org_id, provider, model, occurred_at, usage_month, billing_month,"
+    " input_tokens, cached_input_tokens, cache_write_tokens, output_tokens, reasoning_tokens FROM bench_new"
+)
 
 
-def bench_sql(
-    url: str, events: list[tuple[Any, ...]], batch: int, *, floor: bool = False
-) -> tuple[float, Decimal, int]:
-    """Seconds spent in price_rows (or the floor UPDATE) over all events, the total cost, the priced count."""
+def bench_sql(url: str, events: list[tuple[Any, ...]], batch: int, *, priced: bool) -> tuple[float, Decimal, int]:
+    """Seconds spent in the insert (priced or plain) over all events, the total cost, the priced count."""
     spent = 0.0
     total = Decimal(0)
-    priced = 0
-    with psycopg.connect(url, options=CONNECT_OPTIONS) as conn:
+    count = 0
+    # temp_buffers: a 100k-row batch fits in memory, as a 1000-row one does with the default
+    with psycopg.connect(url, options=CONNECT_OPTIONS + " -c temp_buffers=256MB") as conn:
         conn.execute("CREATE TEMP TABLE bench_new (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+        conn.execute("CREATE TEMP TABLE bench_out (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
         conn.commit()
         for lo in range(0, len(events), batch):
             with conn.transaction():
@@ -104,16 +112,16 @@ def bench_sql(
                     for row in events[lo : lo + batch]:
                         copy.write_row(row)
                 t0 = time.perf_counter()
-                if floor:
-                    conn.execute(FLOOR)
+                if priced:
+                    insert_priced(conn, "bench_new", "bench_out")
                 else:
-                    price_rows(conn, "bench_new")
+                    conn.execute(PLAIN)
                 spent += time.perf_counter() - t0
-                row = conn.execute("SELECT coalesce(sum(cost_total), 0), count(rate_id) FROM bench_new").fetchone()
+                row = conn.execute("SELECT coalesce(sum(cost_total), 0), count(rate_id) FROM bench_out").fetchone()
                 assert row is not None
                 total += row[0]
-                priced += row[1]
-    return spent, total, priced
+                count += row[1]
+    return spent, total, count
 
 
 def bench_calls(name: str, fn: Callable[[tuple[Any, ...]], Any], events: list[tuple[Any, ...]]) -> float | None:
@@ -184,22 +192,22 @@ def main() -> None:
             import_builtin(conn)
         n = len(events)
         results: dict[str, float] = {}
-        for label, size in ((f"price_rows, batches of {args.batch}", args.batch), (f"price_rows, one batch of {n}", n)):
-            runs = []
-            for _ in range(args.repeat):
-                spent, total, priced = bench_sql(url, events, size)
-                runs.append(spent)
-            results[label] = statistics.median(runs)
+        for size in (args.batch, n):
+            where = f"batches of {size}" if size < n else f"one batch of {n}"
+            runs: dict[bool, list[float]] = {True: [], False: []}
+            for _ in range(args.repeat):  # alternating, so that both shapes see the same machine
+                for priced in (False, True):
+                    spent, total, count = bench_sql(url, events, size, priced=priced)
+                    runs[priced].append(spent)
+            plain, whole = statistics.median(runs[False]), statistics.median(runs[True])
+            results[where] = whole - plain
+            print(f"insert without pricing, {where:<22} {plain / n * 1e6:9.2f} us/event")
             print(
-                f"{label:<40} {results[label] / n * 1e6:9.2f} us/event  (runs: "
-                f"{', '.join(f'{r / n * 1e6:.2f}' for r in runs)}; priced {priced}/{n}, total {total:.2f} USD)"
+                f"insert_priced, {where:<31} {whole / n * 1e6:9.2f} us/event  (runs: "
+                f"{', '.join(f'{r / n * 1e6:.2f}' for r in runs[True])}; priced {count}/{n}, total {total:.2f} USD)"
             )
-        for label, size in (
-            (f"floor: plain UPDATE, batches of {args.batch}", args.batch),
-            (f"floor: plain UPDATE of {n}", n),
-        ):
-            runs = [bench_sql(url, events, size, floor=True)[0] for _ in range(args.repeat)]
-            print(f"{label:<40} {statistics.median(runs) / n * 1e6:9.2f} us/event  (the same rows, constants written)")
+            print(f"  pricing (the difference), {where:<20} {(whole - plain) / n * 1e6:9.2f} us/event")
+            results[f"whole insert, {where}"] = whole
         ref = events[: args.reference_events] if args.reference_events else events
         for label, maker in (("litellm.cost_per_token", litellm_fn), ("genai_prices.calc_price", genai_fn)):
             fn = maker()
@@ -207,7 +215,7 @@ def main() -> None:
             if spent_ref is None:
                 continue
             per = spent_ref / len(ref) * 1e6
-            ratios = ", ".join(f"{per / (v / n * 1e6):.0f}x vs {k.split(',')[1].strip()}" for k, v in results.items())
+            ratios = ", ".join(f"{per / (v / n * 1e6):.0f}x vs pricing in {k}" for k, v in results.items())
             print(f"{label:<40} {per:9.2f} us/event  over {len(ref)} events; usagebill is {ratios}")
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:

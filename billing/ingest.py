@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -15,12 +16,13 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from pydantic import ConfigDict, ValidationError
 
 from billing import aggregates, pricing
 from billing.errors import TransientError
 from billing.settings import Settings
-from billing.sqlfiles import query
+from billing.sqlfiles import queries, query
 from producer.event import UsageEvent
 
 #: test-only: `USAGEBILL_TEST_PAUSE_AT=<step>` makes the ingest job block at that step (before_tx,
@@ -57,9 +59,9 @@ class Rejection:
 @dataclass(frozen=True)
 class Parsed:
     """A batch after validation: COPY rows (position, event_id, occurred_at, hash, canonical JSON, extra
-    JSON) and rejections."""
+    JSON, then the keys pricing resolves rates for: org_id, provider, model, service_tier) and rejections."""
 
-    rows: list[tuple[int, str, datetime, bytes, str, str | None]]
+    rows: list[tuple[int, str, datetime, bytes, str, str | None, str, str, str, str | None]]
     rejected: list[Rejection]
 
 
@@ -102,7 +104,7 @@ def parse(events: Sequence[Any], *, now: datetime, future_tolerance: timedelta) 
     sha256 is the conflict hash. Events more than `future_tolerance` ahead of `now` are rejected.
     """
     limit = now + future_tolerance
-    rows: list[tuple[int, str, datetime, bytes, str, str | None]] = []
+    rows: list[tuple[int, str, datetime, bytes, str, str | None, str, str, str, str | None]] = []
     rejected: list[Rejection] = []
     validate = _Incoming.model_validate_json
     for pos, item in enumerate(events):
@@ -133,7 +135,20 @@ def parse(events: Sequence[Any], *, now: datetime, future_tolerance: timedelta) 
             canonical = event.model_dump_json()
             extra_json = None
         digest = hashlib.sha256(canonical.encode()).digest()
-        rows.append((pos, event.event_id, event.occurred_at, digest, canonical, extra_json))
+        rows.append(
+            (
+                pos,
+                event.event_id,
+                event.occurred_at,
+                digest,
+                canonical,
+                extra_json,
+                event.org_id,
+                event.provider,
+                event.model,
+                event.service_tier,
+            )
+        )
     return Parsed(rows, rejected)
 
 
@@ -179,13 +194,12 @@ def _transaction(
                         copy.write_row(row)
                 routes = cur.execute(query("ingest", "route_months")).fetchall()
                 cur.execute(
-                    query("ingest", "insert_new"),
+                    _claim_and_price(),
                     {"usage_months": [r[0] for r in routes], "billing_months": [r[1] for r in routes]},
                 )
                 inserted = cur.rowcount
                 if inserted:
-                    cur.execute(query("ingest", "upsert_orgs"))  # before pricing: it reads the org's currency
-                    pricing.price_rows(conn, "ingest_new")
+                    cur.execute(query("ingest", "upsert_orgs"))
                     cur.execute(query("ingest", "insert_events"))
                     aggregates.add(conn, "ingest_new")
                     summary = [(str(o), m, int(n)) for o, m, n in cur.execute(query("ingest", "new_summary"))]
@@ -212,6 +226,12 @@ def _transaction(
         org_months=org_months,
         reservation_ids=reservations,
     )
+
+
+@functools.cache
+def _claim_and_price() -> sql.Composed:
+    # one statement: claim the new keys, expand the claimed events and price them into ingest_new
+    return pricing.priced_insert("ingest_stage", "fresh", "ingest_new", queries("ingest")["claim_new"])
 
 
 def park(conn: psycopg.Connection[Any], rejected: Sequence[Rejection], *, job_id: str | None) -> None:

@@ -19,7 +19,7 @@ from billing.sqlfiles import queries
 MILLION = Decimal(1_000_000)
 #: exact arithmetic for the reference: a rounding here would be a bug, so it traps instead
 _EXACT = decimal.Context(prec=400, traps=[decimal.Inexact, decimal.Rounded, decimal.InvalidOperation])
-#: pricing columns of the events table, filled by price_rows
+#: pricing columns of the events table, filled by insert_priced
 PRICING_COLUMNS = (
     "currency",
     "rate_id",
@@ -48,19 +48,44 @@ def _table(name: str) -> sql.Identifier:
     return sql.Identifier(*name.split("."))
 
 
-def _statement(block: str, table: str) -> sql.Composed:
+def _statement(block: str, table: str, **names: str) -> sql.Composed:
     blocks = queries("pricing")
-    return sql.SQL(blocks["cells"] + "\n" + blocks[block]).format(table=_table(table))
+    idents = {k: _table(v) for k, v in names.items()}
+    return sql.SQL(blocks["cells"] + "\n" + blocks[block]).format(table=_table(table), **idents)
+
+
+def priced_insert(keys: str, source: str, target: str, ctes: str = "") -> sql.Composed:
+    """The statement that inserts every row of `source` into `target` (both shaped like events) priced.
+
+    `keys` is the relation the rates are resolved for (org_id, provider, model, service_tier,
+    occurred_at of the batch: `source` itself, or any superset of its keys). `ctes` are more CTEs
+    (text, starting with a comma) placed between the resolution and the insert, so that `source` may be
+    one of them: the ingest claims its keys and prices the claimed rows in one statement.
+    """
+    blocks = queries("pricing")
+    text = blocks["cells"] + "\n" + ctes + "\n" + blocks["insert_priced"]
+    return sql.SQL(text).format(table=_table(keys), source=_table(source), target=_table(target))
+
+
+def insert_priced(conn: psycopg.Connection[Any], source: str, target: str) -> int:
+    """Insert every row of `source` into `target` with its pricing, in one statement; returns the row count.
+
+    Fills currency, rate_id, adjustment_pct, the applied per-million unit prices, the exact cost per
+    category, cost_total and priced_at; rows for which no rate resolves get none of them (unpriced).
+    Runs in the caller's transaction.
+    """
+    with conn.cursor() as cur:
+        cur.execute(priced_insert(source, source, target))
+        return cur.rowcount
 
 
 def price_rows(conn: psycopg.Connection[Any], table: str) -> None:
-    """Price every row of `table` (a table LIKE events) for which a rate resolves, in one statement.
+    """Price every row of `table` (a table LIKE events) in place, in one statement (`insert_priced`).
 
-    Fills currency, rate_id, adjustment_pct, the applied per-million unit prices, the exact cost per
-    category, cost_total and priced_at. Rows for which no rate resolves are left as they are (unpriced
-    when they came in unpriced). Runs in the caller's transaction.
+    Every row is replaced by its priced copy; a row for which no rate resolves comes out unpriced.
+    Runs in the caller's transaction.
     """
-    conn.execute(_statement("price_update", table))
+    conn.execute(priced_insert(table, "unpriced_rows", table, queries("pricing")["take_rows"]))
 
 
 def rate_key_rows(conn: psycopg.Connection[Any], table: str) -> list[dict[str, Any]]:

@@ -69,8 +69,7 @@ def reprice(conn: psycopg.Connection[Any], *, month: date | None = None, dry_run
             conn.execute(query("invoices", "reprice_take_unpriced"))
         else:
             conn.execute(query("invoices", "reprice_take_month"), {"month": month})
-        conn.execute(query("invoices", "reprice_copy"))
-        pricing.price_rows(conn, "reprice_new")
+        pricing.insert_priced(conn, "reprice_old", "reprice_new")
         conn.execute(query("invoices", "reprice_drop_unchanged"))
         conn.execute(query("invoices", "reprice_drop_old_unchanged"))
         current = [r[0] for r in conn.execute(query("invoices", "reprice_current_months")).fetchall()]

@@ -1,33 +1,40 @@
 -- Ingestion: one batch = one transaction. The batch is COPYed into a per-session staging table, its
--- new events are inserted once (dedup by event_keys), priced set-based, routed to billing months and
--- added to the aggregates. Statements touch rows in key order, so concurrent workers never deadlock.
+-- new events are inserted once (dedup by event_keys) and priced set-based in the same statement, routed
+-- to billing months and added to the aggregates. Statements touch rows in key order, so concurrent workers never deadlock.
 
 -- name: create_stage
 -- Per-session scratch tables, emptied at every commit. ingest_stage holds the validated canonical
--- events (jsonb) with their hash; ingest_new the events actually inserted, shaped like events so
--- that pricing and the aggregates take it as it is.
+-- events (jsonb) with their hash, and the keys pricing resolves rates for; ingest_new the events
+-- actually inserted, priced, shaped like events so that the aggregates take it as it is.
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
     pos          integer NOT NULL,
     event_id     text NOT NULL,
     occurred_at  timestamptz NOT NULL,
     payload_hash bytea NOT NULL,
     doc          jsonb NOT NULL,
-    extra        jsonb
+    extra        jsonb,
+    org_id       text NOT NULL,
+    provider     text NOT NULL,
+    model        text NOT NULL,
+    service_tier text
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS ingest_new (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 
 -- name: copy_stage
-COPY ingest_stage (pos, event_id, occurred_at, payload_hash, doc, extra) FROM STDIN
+COPY ingest_stage (pos, event_id, occurred_at, payload_hash, doc, extra, org_id, provider, model, service_tier)
+  FROM STDIN
 
 -- name: route_months
 -- Every usage month of the batch, routed to its billing month (and its row locked FOR SHARE).
 SELECT usage_month, billing_month
   FROM route_billing_months(ARRAY(SELECT DISTINCT date_trunc('month', occurred_at)::date FROM ingest_stage))
 
--- name: insert_new
--- The first copy of each event_id in the batch (by position) claims its key; the ones whose key was
--- free become ingest_new rows. Keys are inserted in event_id order (deterministic lock order).
-WITH firsts AS MATERIALIZED (
+-- name: claim_new
+-- More CTEs for pricing's `insert_priced` (billing.pricing.priced_insert; the rates are resolved for
+-- the keys of ingest_stage): the first copy of each event_id in the batch (by position) claims its
+-- key; the ones whose key was free become the `fresh` rows, which are priced into ingest_new. Keys
+-- are inserted in event_id order (deterministic lock order).
+, firsts AS MATERIALIZED (
     SELECT DISTINCT ON (event_id) event_id, occurred_at, payload_hash, doc, extra
       FROM ingest_stage
      ORDER BY event_id, pos
@@ -40,25 +47,23 @@ WITH firsts AS MATERIALIZED (
     RETURNING event_id
 ), routes AS (
     SELECT * FROM unnest(%(usage_months)s::date[], %(billing_months)s::date[]) AS r (usage_month, billing_month)
-), parsed AS (
-    SELECT f.*, f.doc->'usage' AS u
+), fresh AS MATERIALIZED (
+    SELECT f.event_id, f.doc->>'org_id' AS org_id, f.doc->>'user_id' AS user_id, f.doc->>'session_id' AS session_id,
+           f.doc->>'request_type' AS request_type, f.doc->>'provider' AS provider, f.doc->>'model' AS model,
+           f.doc->>'service_tier' AS service_tier, f.doc->>'status' AS status,
+           (f.doc->'estimated')::boolean AS estimated, (f.doc->>'latency_ms')::bigint AS latency_ms,
+           f.doc->>'reservation_id' AS reservation_id, f.doc->'tags' AS tags, f.extra, f.occurred_at,
+           now() AS received_at, r.usage_month, r.billing_month,
+           (u->>'input_tokens')::bigint AS input_tokens, (u->>'cached_input_tokens')::bigint AS cached_input_tokens,
+           (u->>'cache_write_tokens')::bigint AS cache_write_tokens,
+           (u->>'cache_write_1h_tokens')::bigint AS cache_write_1h_tokens,
+           (u->>'output_tokens')::bigint AS output_tokens, (u->>'reasoning_tokens')::bigint AS reasoning_tokens,
+           (u->>'provider_cost')::numeric AS provider_cost
       FROM firsts f
       JOIN claimed c ON c.event_id = f.event_id
+     CROSS JOIN LATERAL (SELECT f.doc->'usage' AS u) AS x
+      JOIN routes r ON r.usage_month = date_trunc('month', f.occurred_at)::date
 )
-INSERT INTO ingest_new (
-    event_id, org_id, user_id, session_id, request_type, provider, model, service_tier, status, estimated,
-    latency_ms, reservation_id, tags, extra, occurred_at, usage_month, billing_month,
-    input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
-    reasoning_tokens, provider_cost)
-SELECT p.event_id, p.doc->>'org_id', p.doc->>'user_id', p.doc->>'session_id', p.doc->>'request_type',
-       p.doc->>'provider', p.doc->>'model', p.doc->>'service_tier', p.doc->>'status', (p.doc->'estimated')::boolean,
-       (p.doc->>'latency_ms')::bigint, p.doc->>'reservation_id', p.doc->'tags', p.extra, p.occurred_at,
-       r.usage_month, r.billing_month,
-       (p.u->>'input_tokens')::bigint, (p.u->>'cached_input_tokens')::bigint, (p.u->>'cache_write_tokens')::bigint,
-       (p.u->>'cache_write_1h_tokens')::bigint, (p.u->>'output_tokens')::bigint, (p.u->>'reasoning_tokens')::bigint,
-       (p.u->>'provider_cost')::numeric
-  FROM parsed p
-  JOIN routes r ON r.usage_month = date_trunc('month', p.occurred_at)::date
 
 -- name: insert_events
 INSERT INTO events SELECT * FROM ingest_new

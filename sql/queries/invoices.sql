@@ -121,9 +121,6 @@ SELECT * FROM events
    AND occurred_at >= %(month)s::timestamptz AND occurred_at < (%(month)s::date + interval '1 month')
  ORDER BY event_id FOR UPDATE
 
--- name: reprice_copy
-INSERT INTO reprice_new SELECT * FROM reprice_old
-
 -- name: reprice_drop_unchanged
 -- Keep only events whose pricing changed (a new rate row, other unit prices or costs). An event that
 -- no rate prices any more keeps its old pricing (rates are never deleted: this is only a safeguard).

@@ -14,30 +14,40 @@
 -- (`provider_aliases`, e.g. an event from "gemini" or "vertex" is priced from "google" rows); when
 -- both have an otherwise equal row, the event's own name wins.
 --
--- `cells` is the shared CTE chain (pricing.py appends `price_update` or `cells_select` to it);
--- {table} is the batch table (LIKE events).
+-- `cells` is the shared CTE chain: {table} is a relation with the batch's org_id, provider, model,
+-- service_tier and occurred_at (pricing.py appends `insert_priced` or `cells_select` to it, and the ingest
+-- appends its own CTEs before `insert_priced`).
 
 -- name: cells
-WITH orgs_in AS MATERIALIZED (
-    SELECT b.org_id, coalesce(o.currency, 'USD') AS currency,
-           coalesce(o.currency, 'USD') <> 'USD' OR x.org_id IS NOT NULL AS special
-    FROM (SELECT DISTINCT org_id FROM {table}) AS b
-    LEFT JOIN orgs AS o ON o.org_id = b.org_id
-    -- one pass over each table, not a probe per org
-    LEFT JOIN (SELECT org_id FROM org_adjustments
-               UNION
-               SELECT org_id FROM rates WHERE org_id IS NOT NULL) AS x ON x.org_id = b.org_id
+-- orgs priced apart ("special"): billed in another currency than USD, or with custom rows or
+-- adjustments. They are read from those small tables, not found by looking at every event.
+WITH special_ids AS MATERIALIZED (
+    SELECT org_id FROM orgs WHERE currency <> 'USD'
+    UNION
+    SELECT org_id FROM org_adjustments
+    UNION
+    SELECT org_id FROM rates WHERE org_id IS NOT NULL
 ),
--- an event's scope: its org when special, else '' (the special orgs as an array, computed once, so
--- that each event finds its scope without a join)
+-- the batch's distinct keys, in one pass over it (every later step reads these few rows, not the
+-- batch): an event's scope is its org when special, else '' (each event finds its scope the same way,
+-- by the special orgs as an array computed once, without a join)
+batch_keys AS MATERIALIZED (
+    SELECT CASE WHEN t.org_id = ANY (ARRAY(SELECT org_id FROM special_ids)) THEN t.org_id ELSE '' END AS scope,
+           t.provider, t.model, coalesce(t.service_tier, '') AS tier, max(t.occurred_at) AS max_at
+    FROM {table} AS t
+    GROUP BY 1, 2, 3, 4
+),
+-- the batch's special orgs and their currency
+orgs_in AS MATERIALIZED (
+    SELECT DISTINCT b.scope AS org_id, coalesce(o.currency, 'USD') AS currency, true AS special
+    FROM batch_keys AS b
+    LEFT JOIN orgs AS o ON o.org_id = b.scope
+    WHERE b.scope <> ''
+),
 groups AS MATERIALIZED (
-    SELECT g.scope, g.provider, g.model, g.tier, coalesce(o.currency, 'USD') AS currency, g.max_at
-    FROM (SELECT CASE WHEN t.org_id = ANY (ARRAY(SELECT org_id FROM orgs_in WHERE special)) THEN t.org_id
-                      ELSE '' END AS scope,
-                 t.provider, t.model, coalesce(t.service_tier, '') AS tier, max(t.occurred_at) AS max_at
-          FROM {table} AS t
-          GROUP BY 1, 2, 3, 4) AS g
-    LEFT JOIN orgs_in AS o ON o.org_id = g.scope
+    SELECT b.scope, b.provider, b.model, b.tier, coalesce(o.currency, 'USD') AS currency, b.max_at
+    FROM batch_keys AS b
+    LEFT JOIN orgs_in AS o ON o.org_id = b.scope
 ),
 models AS MATERIALIZED (
     SELECT row_number() OVER () AS g, provider, model, tier, currency, max(max_at) AS max_at,
@@ -53,6 +63,12 @@ keys AS MATERIALIZED (
     LEFT JOIN provider_aliases AS pa USING (provider)
     WHERE scope <> ''
 ),
+-- each model's provider names: its own and the one its prices are published under (an equi-join key)
+model_names AS (
+    SELECT g, provider AS name FROM models
+    UNION
+    SELECT g, alias FROM models
+),
 -- public candidates of each model (1: in force by its latest event, in the currency; 3: the tier;
 -- the model exact or by prefix)
 pub AS (
@@ -60,9 +76,10 @@ pub AS (
            r.effective_from, r.price_input, r.price_cached_input, r.price_cache_write, r.price_cache_write_1h,
            r.price_output, r.price_reasoning, r.provider = m.provider AS pexact
     FROM models AS m
+    JOIN model_names AS n ON n.g = m.g
     JOIN rates AS r
       ON r.org_id IS NULL
-     AND r.provider IN (m.provider, m.alias)
+     AND r.provider = n.name
      AND r.currency = m.currency
      AND coalesce(r.service_tier, '') = m.tier
      AND r.effective_from <= m.max_at
@@ -202,44 +219,61 @@ applied AS MATERIALIZED (
     JOIN unit AS u ON u.g = ck.g
 )
 
--- name: price_update
--- u_* are per-token prices, so a cost is one exact multiplication; a zero quantity costs 0 without one
--- (most events have no cache writes or reasoning).
-UPDATE {table} AS t
-SET currency             = a.currency,
-    rate_id              = a.rate_id,
-    adjustment_pct       = a.adjustment_pct,
-    price_input          = a.p_input,
-    price_cached_input   = a.p_cached_input,
-    price_cache_write    = a.p_cache_write,
-    price_cache_write_1h = a.p_cache_write_1h,
-    price_output         = a.p_output,
-    price_reasoning      = a.p_reasoning,
-    cost_input           = (t.input_tokens - t.cached_input_tokens - t.cache_write_tokens) * a.u_input,
-    cost_cached_input    = CASE WHEN t.cached_input_tokens = 0 THEN 0
-                                ELSE t.cached_input_tokens * a.u_cached_input END,
-    cost_cache_write     = CASE WHEN t.cache_write_tokens = 0 THEN 0
-                                ELSE (t.cache_write_tokens - t.cache_write_1h_tokens) * a.u_cache_write END,
-    cost_cache_write_1h  = CASE WHEN t.cache_write_1h_tokens = 0 THEN 0
-                                ELSE t.cache_write_1h_tokens * a.u_cache_write_1h END,
-    cost_output          = (t.output_tokens - t.reasoning_tokens) * a.u_output,
-    cost_reasoning       = CASE WHEN t.reasoning_tokens = 0 THEN 0 ELSE t.reasoning_tokens * a.u_reasoning END,
-    cost_total           = (t.input_tokens - t.cached_input_tokens - t.cache_write_tokens) * a.u_input
-                           + (t.output_tokens - t.reasoning_tokens) * a.u_output
-                           + CASE WHEN t.cached_input_tokens = 0 THEN 0
-                                  ELSE t.cached_input_tokens * a.u_cached_input END
-                           + CASE WHEN t.cache_write_tokens = 0 THEN 0
-                                  ELSE (t.cache_write_tokens - t.cache_write_1h_tokens) * a.u_cache_write
-                                       + t.cache_write_1h_tokens * a.u_cache_write_1h END
-                           + CASE WHEN t.reasoning_tokens = 0 THEN 0 ELSE t.reasoning_tokens * a.u_reasoning END,
-    priced_at            = now()
-FROM applied AS a
-WHERE a.scope = CASE WHEN t.org_id = ANY (ARRAY(SELECT org_id FROM orgs_in WHERE special)) THEN t.org_id ELSE '' END
-  AND a.provider = t.provider
-  AND a.model = t.model
-  AND a.tier = coalesce(t.service_tier, '')
-  AND t.occurred_at >= a.from_at AND t.occurred_at < a.to_at
-  AND t.input_tokens >= a.lo AND t.input_tokens <= a.hi
+-- name: insert_priced
+-- Every row of {source} (the event columns, unpriced) into {target} with its pricing: the cell it falls
+-- in (scope, provider, model, tier, then the time and input ranges; none = unpriced, every pricing
+-- column NULL), the applied unit prices and the exact cost per category. u_* are per-token prices, so a
+-- cost is one exact multiplication; a zero quantity costs 0 without one (most events have no cache
+-- writes or reasoning). The costs are computed once in the inner query (OFFSET 0 keeps the planner from
+-- inlining it, which would compute each product twice) and summed outside.
+INSERT INTO {target} (
+    event_id, org_id, user_id, session_id, request_type, provider, model, service_tier, status, estimated,
+    latency_ms, reservation_id, tags, extra, occurred_at, received_at, usage_month, billing_month,
+    input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
+    reasoning_tokens, provider_cost,
+    currency, rate_id, adjustment_pct, price_input, price_cached_input, price_cache_write, price_cache_write_1h,
+    price_output, price_reasoning, cost_input, cost_cached_input, cost_cache_write, cost_cache_write_1h,
+    cost_output, cost_reasoning, cost_total, priced_at)
+SELECT event_id, org_id, user_id, session_id, request_type, provider, model, service_tier, status, estimated,
+       latency_ms, reservation_id, tags, extra, occurred_at, received_at, usage_month, billing_month,
+       input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
+       reasoning_tokens, provider_cost,
+       currency, rate_id, adjustment_pct, p_input, p_cached_input, p_cache_write, p_cache_write_1h,
+       p_output, p_reasoning, c_input, c_cached_input, c_cache_write, c_cache_write_1h, c_output, c_reasoning,
+       c_input + c_cached_input + c_cache_write + c_cache_write_1h + c_output + c_reasoning,
+       CASE WHEN rate_id IS NOT NULL THEN now() END
+FROM (
+    SELECT t.event_id, t.org_id, t.user_id, t.session_id, t.request_type, t.provider, t.model, t.service_tier,
+           t.status, t.estimated, t.latency_ms, t.reservation_id, t.tags, t.extra, t.occurred_at, t.received_at,
+           t.usage_month, t.billing_month, t.input_tokens, t.cached_input_tokens, t.cache_write_tokens,
+           t.cache_write_1h_tokens, t.output_tokens, t.reasoning_tokens, t.provider_cost,
+           a.currency, a.rate_id, a.adjustment_pct, a.p_input, a.p_cached_input, a.p_cache_write,
+           a.p_cache_write_1h, a.p_output, a.p_reasoning,
+           (t.input_tokens - t.cached_input_tokens - t.cache_write_tokens) * a.u_input AS c_input,
+           CASE WHEN a.rate_id IS NULL THEN NULL WHEN t.cached_input_tokens = 0 THEN 0
+                ELSE t.cached_input_tokens * a.u_cached_input END AS c_cached_input,
+           CASE WHEN a.rate_id IS NULL THEN NULL WHEN t.cache_write_tokens = t.cache_write_1h_tokens THEN 0
+                ELSE (t.cache_write_tokens - t.cache_write_1h_tokens) * a.u_cache_write END AS c_cache_write,
+           CASE WHEN a.rate_id IS NULL THEN NULL WHEN t.cache_write_1h_tokens = 0 THEN 0
+                ELSE t.cache_write_1h_tokens * a.u_cache_write_1h END AS c_cache_write_1h,
+           (t.output_tokens - t.reasoning_tokens) * a.u_output AS c_output,
+           CASE WHEN a.rate_id IS NULL THEN NULL WHEN t.reasoning_tokens = 0 THEN 0
+                ELSE t.reasoning_tokens * a.u_reasoning END AS c_reasoning
+    FROM {source} AS t
+    LEFT JOIN applied AS a
+      ON a.scope = CASE WHEN t.org_id = ANY (ARRAY(SELECT org_id FROM orgs_in WHERE special)) THEN t.org_id
+                        ELSE '' END
+     AND a.provider = t.provider
+     AND a.model = t.model
+     AND a.tier = coalesce(t.service_tier, '')
+     AND t.occurred_at >= a.from_at AND t.occurred_at < a.to_at
+     AND t.input_tokens >= a.lo AND t.input_tokens <= a.hi
+    OFFSET 0
+) AS priced
+
+-- name: take_rows
+-- price_rows: the rows of the table, taken out to be put back priced (the resolution above read them first)
+, unpriced_rows AS (DELETE FROM {target} RETURNING *)
 
 -- name: cells_select
 SELECT nullif(scope, '') AS org_id, provider, model, nullif(tier, '') AS service_tier, from_at,
