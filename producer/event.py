@@ -73,7 +73,11 @@ def _cost(value: Any, check: ValidatorFunctionWrapHandler) -> Any:
 
 
 def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        # e.g. 0001-01-01T00:00:00+01:00: a rejection with its reason, not an exception that fails the batch
+        raise ValueError("is out of the datetime range once converted to UTC") from exc
 
 
 def _sorted_tags(value: dict[str, str]) -> dict[str, str]:

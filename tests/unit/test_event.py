@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from billing.ingest import parse
 from producer import Usage, UsageEvent, build_event, repair_usage
 from producer.errors import InvalidEventError
 
@@ -90,6 +92,17 @@ def test_batch_tier_is_kept() -> None:
 )
 def test_rejections_name_the_problem(over: dict[str, Any], field: str) -> None:
     assert field in reason(event(**over))
+
+
+@pytest.mark.parametrize("occurred_at", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-00:01"])
+def test_occurred_at_beyond_the_utc_range_is_a_rejection_not_a_crash(occurred_at: str) -> None:
+    assert "occurred_at" in reason(event(occurred_at=occurred_at))
+    text = json.dumps(event(occurred_at=occurred_at))
+    parsed = parse([text], now=datetime(2026, 11, 1, tzinfo=UTC), future_tolerance=timedelta(minutes=5))
+    assert parsed.rows == []
+    assert [r.reason for r in parsed.rejected] == [
+        "occurred_at: Value error, is out of the datetime range once converted to UTC"
+    ]
 
 
 def test_subset_rules() -> None:

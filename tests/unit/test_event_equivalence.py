@@ -62,11 +62,21 @@ def assert_same(doc: Any) -> None:
     for old, new in pairs:
         want = _outcome(old, lambda m: m.model_validate_json(text))
         got = _outcome(new, lambda m: m.model_validate_json(text))
-        assert got == want, (new.__name__, "json", text)
+        _assert_same_outcome(got, want, (new.__name__, "json", text))
         if isinstance(doc, dict):
             want = _outcome(old, lambda m: m.model_validate(doc))
             got = _outcome(new, lambda m: m.model_validate(doc))
-            assert got == want, (new.__name__, "python", doc)
+            _assert_same_outcome(got, want, (new.__name__, "python", doc))
+
+
+def _assert_same_outcome(got: Outcome, want: Outcome, where: Any) -> None:
+    if want == ("overflow",):
+        # the one intended difference: where the old model raised OverflowError (failing the whole
+        # batch), the live one rejects the event with a reason on occurred_at
+        assert got[0] == "rejected", where
+        assert ("value_error", ("occurred_at",)) in [(t, loc) for t, loc, _ in got[1]], where
+    else:
+        assert got == want, where
 
 
 def base(**over: Any) -> dict[str, Any]:
