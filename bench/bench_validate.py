@@ -1,21 +1,24 @@
 """Per-event cost of wire-format validation: billing.ingest.parse with the live event model vs the old one.
 
 The old model is the frozen copy in tests/unit/event_v1_frozen.py; both are timed in the same run on
-the same events: N events of the shape bench_ingest.py publishes (a third also carry more tags, a
-service tier, a provider cost, a session and a +02:00 offset), a share of them made invalid. A third
+the same events: N events of the shape bench_ingest.py publishes, a share of them (--enriched) also
+carrying more tags, a service tier, a provider cost, a session and a +02:00 offset, a share of them
+(--invalid) made invalid. A third
 model, "floor", has the same fields and types with no checks and no normalisation at all: not a valid
 validator, the lower bound of what moving the checks anywhere could give. The machine is shared and
 noisy: the events are timed in chunks, the models interleaved chunk by chunk, and each chunk's best
 CPU time (process_time) over --repeat rounds is kept. Also printed: the validation alone
-(model_validate_json) and the canonical dump alone (model_dump_json) of each model.
+(model_validate_json) and the canonical dump alone (model_dump_json) of each model, and parse()'s
+canonical + sha256 step as it is vs the same bytes taken from the model's serializer directly.
 
-    .venv/bin/python bench/bench_validate.py [--events 3000] [--invalid 0.05] [--repeat 60] [--chunk 250]
+    .venv/bin/python bench/bench_validate.py [--events 3000] [--enriched 0.33] [--invalid 0.05] [--repeat 60]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import random
 import sys
@@ -84,8 +87,8 @@ class _Floor(BaseModel):
     user_id: str | None = None
 
 
-def valid_doc(rng: random.Random, i: int) -> dict[str, Any]:
-    """An event as bench_ingest.py publishes it; a third also carry tags, tier, cost or a session."""
+def valid_doc(rng: random.Random, i: int, enriched: bool) -> dict[str, Any]:
+    """An event as bench_ingest.py publishes it; `enriched`: also more tags, tier, cost and a session."""
     org = rng.randrange(50)
     doc: dict[str, Any] = {
         "schema_version": 1,
@@ -106,7 +109,7 @@ def valid_doc(rng: random.Random, i: int) -> dict[str, Any]:
             "reasoning_tokens": rng.randrange(0, out // 4 + 1),
         },
     }
-    if i % 3 == 0:
+    if enriched:
         doc["tags"].update({"team": f"t{rng.randrange(9)}", "env": "prod"})
         doc["session_id"] = f"sess-{rng.randrange(10**6)}"
         doc["service_tier"] = rng.choice(["default", "batch", "flex"])
@@ -125,11 +128,11 @@ INVALID: list[Callable[[dict[str, Any]], None]] = [
 ]
 
 
-def make_events(n: int, invalid: float, seed: int = 1) -> list[str]:
+def make_events(n: int, invalid: float, enriched: float = 1 / 3, seed: int = 1) -> list[str]:
     rng = random.Random(seed)
     texts = []
     for i in range(n):
-        doc = valid_doc(rng, i)
+        doc = valid_doc(rng, i, rng.random() < enriched)
         if rng.random() < invalid:
             rng.choice(INVALID)(doc)
         texts.append(json.dumps(doc))
@@ -156,6 +159,25 @@ def dump_all(model: type[Any], texts: list[str]) -> None:
         event.model_dump_json()  # type: ignore[attr-defined]  # here "texts" are validated events
 
 
+def canonical_dump(model: type[Any], events: list[Any]) -> None:
+    """parse()'s canonical + hash step as it is: model_dump_json, then encode for sha256."""
+    del model
+    for event in events:
+        extra = event.model_extra
+        canonical = event.model_dump_json(exclude=set(extra)) if extra else event.model_dump_json()
+        hashlib.sha256(canonical.encode()).digest()
+
+
+def canonical_serializer(model: type[Any], events: list[Any]) -> None:
+    """The same bytes from the model's serializer directly (no model_dump_json wrapper, one decode)."""
+    serialize = model.__pydantic_serializer__.to_json
+    for event in events:
+        extra = event.model_extra
+        raw = serialize(event, exclude=set(extra)) if extra else serialize(event)
+        hashlib.sha256(raw).digest()
+        raw.decode()
+
+
 def valid_events(model: type[Any], texts: list[str]) -> list[Any]:
     out = []
     for text in texts:
@@ -165,7 +187,7 @@ def valid_events(model: type[Any], texts: list[str]) -> list[Any]:
 
 
 def best_times(
-    work: Callable[[type[Any], list[Any]], Any], models: dict[str, type[Any]], inputs: dict[str, list[Any]], args: Any
+    work: Callable[[Any, list[Any]], Any], models: dict[str, Any], inputs: dict[str, list[Any]], args: Any
 ) -> dict[str, float]:
     """us per item of `work(model, chunk)`: per chunk the best of args.repeat rounds, models interleaved."""
     best: dict[tuple[str, int], float] = {}
@@ -183,14 +205,18 @@ def best_times(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=3000)
+    ap.add_argument("--enriched", type=float, default=0.33, help="share of events with the optional fields")
     ap.add_argument("--invalid", type=float, default=0.05, help="share of invalid events")
     ap.add_argument("--repeat", type=int, default=60)
     ap.add_argument("--chunk", type=int, default=250)
     args = ap.parse_args()
-    texts = make_events(args.events, args.invalid)
+    texts = make_events(args.events, args.invalid, args.enriched)
     live = billing.ingest._Incoming
     assert issubclass(live, UsageEvent)
     models: dict[str, type[Any]] = {"old": _OldIncoming, "new": live, "floor": _Floor}
+    events_new = valid_events(live, texts)
+    serialize = live.__pydantic_serializer__.to_json
+    assert all(serialize(e, exclude=set(e.model_extra or ())) == e.canonical() for e in events_new)
     try:
         old, new = parse_with(_OldIncoming, texts), parse_with(live, texts)
         same_text = {name: texts for name in models}
@@ -198,14 +224,16 @@ def main() -> None:
         validate_us = best_times(validate_all, models, same_text, args)
         events = {name: valid_events(model, texts) for name, model in models.items()}
         dump_us = best_times(dump_all, models, events, args)
+        steps = {"model_dump_json": canonical_dump, "serializer": canonical_serializer}
+        step_us = best_times(lambda step, items: step(live, items), steps, dict.fromkeys(steps, events_new), args)
     finally:
         billing.ingest._Incoming = live  # type: ignore[misc]
     same = old.rows == new.rows and [(r.pos, r.reason) for r in old.rejected] == [
         (r.pos, r.reason) for r in new.rejected
     ]
     print(
-        f"{args.events} events, {len(new.rejected)} invalid; CPU us per event (per chunk of {args.chunk}, "
-        f"best of {args.repeat} interleaved rounds)"
+        f"{args.events} events, {args.enriched:.0%} enriched, {len(new.rejected)} invalid; CPU us per event "
+        f"(per chunk of {args.chunk}, best of {args.repeat} interleaved rounds)"
     )
     print(f"  {'model':6s} {'parse()':>8s} {'validate':>9s} {'dump':>6s}")
     for name in models:
@@ -213,6 +241,11 @@ def main() -> None:
     print(
         f"  new / old parse(): {parse_us['new'] / parse_us['old']:.3f}; floor / old: "
         f"{parse_us['floor'] / parse_us['old']:.3f}; old and new give the same rows, hashes and reasons: {same}"
+    )
+    print(
+        "parse()'s canonical + sha256 step, live model (same bytes): model_dump_json + encode "
+        f"{step_us['model_dump_json']:.2f} us/event, __pydantic_serializer__.to_json + decode "
+        f"{step_us['serializer']:.2f} us/event"
     )
 
 
