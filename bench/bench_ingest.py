@@ -172,7 +172,7 @@ def e2e(template: str, redis_url: str, texts: list[str], distinct: int, workers:
     return len(texts) / elapsed, sizes
 
 
-def latency(template: str, redis_url: str, rate: int, seconds: float, batch: int) -> list[float]:
+def latency(template: str, redis_url: str, rate: int, seconds: float, batch: int, workers: int = 1) -> list[float]:
     """Queue -> commit latency (s) per event, publishing `batch`-event jobs paced at `rate` events/s."""
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
@@ -180,7 +180,7 @@ def latency(template: str, redis_url: str, rate: int, seconds: float, batch: int
     q = Queue(QUEUE, connection=client, serializer=JSONSerializer)
     with fresh_db(template) as url:
         add_rates(url)
-        procs = start_workers(1, url, redis_url)
+        procs = start_workers(workers, url, redis_url)
         job_ids = []
         try:
             t0 = time.perf_counter()
@@ -368,7 +368,10 @@ def main() -> None:
         two, _ = e2e(template, redis_url, texts, distinct, 2, args.batch)
         naive_rate = naive(template, redis_url, texts[: args.naive])
         # the goal's rate, then a rate this machine sustains (latency without a growing backlog)
-        lats = {rate: latency(template, redis_url, rate, args.latency_seconds, 250) for rate in (5000, 1000)}
+        lats = {
+            (rate, workers): latency(template, redis_url, rate, args.latency_seconds, 250, workers)
+            for rate, workers in ((5000, 1), (5000, 2), (1000, 1))
+        }
         hot, wide, wide_cpu, prof = steps(template, texts, args.batch)
     print(f"COPY ceiling (unindexed table):      {ceiling:10.0f} events/s")
     print(f"end to end, 1 worker:                {one:10.0f} events/s   = {one / ceiling:.3f} of the COPY ceiling")
@@ -377,10 +380,10 @@ def main() -> None:
         f"naive (1 job/event, row by row; {args.naive} events): {naive_rate:6.0f} events/s   -> 1 worker is "
         f"{one / naive_rate:.0f}x the naive baseline"
     )
-    for rate, lat in lats.items():
+    for (rate, workers), lat in lats.items():
         q = statistics.quantiles(lat, n=100)
         print(
-            f"queue -> committed+aggregated latency at {rate} events/s offered (1 worker, 250-event jobs): "
+            f"queue -> committed+aggregated latency at {rate} events/s offered ({workers} worker(s), 250-event jobs): "
             f"p50 {q[49] * 1000:.0f} ms, p99 {q[98] * 1000:.0f} ms, max {max(lat) * 1000:.0f} ms"
         )
     print("table sizes after the 1-worker run (rows, bytes incl. indexes):")
