@@ -6,16 +6,21 @@ latency under load.
    database holding `--orgs` orgs with quotas and a month of daily usage each. Goal: p99 <= 1 ms.
 2. Event -> quota visible: `usagebill worker` processes (continuous mode) ingest a steady background load
    (`--rate` events/s in `--batch`-event jobs over all orgs); every `--probe-every` s one probe event for a
-   probed org is enqueued and `check_quota` is polled until its tokens show. Goal: p99 <= 1 s.
+   probed org is enqueued and `check_quota` is polled (every 2 ms) until its tokens show. Goal: p99 <= 1 s.
+3. Where a job's time goes (`--breakdown-jobs`, 0 to skip): one in-process worker (the `usagebill worker`
+   class) drains that many queued jobs of the same shape; per job: wall and CPU, the ingest transaction
+   and its quota statement (`record_alerts`), the post-commit `refresh_mirror` (and its Redis writes), rq.
 
 Runs on a private redis-server and a throwaway database on the local Postgres.
 
     .venv/bin/python bench/bench_quota.py [--n 5000] [--orgs 200] [--rate 1000] [--seconds 10] [--workers 1]
+        [--breakdown-jobs 200]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -28,6 +33,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import redis
@@ -35,9 +41,12 @@ from ingest_env import fresh_db, private_redis, template_db
 from rq import Queue, Worker
 from rq.serializers import JSONSerializer
 
-from billing import quotas
+from billing import alerts, ingest, quotas
 from billing.db import CONNECT_OPTIONS
+from billing.settings import Settings
 from producer.quota import Estimate, QuotaClient
+from worker import jobs
+from worker import worker as proc
 from worker.jobs import enqueue_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,7 +218,7 @@ def visible_latency(
                 if time.perf_counter() - t > 10:
                     misses += 1
                     break
-                time.sleep(0.0005)
+                time.sleep(0.002)  # 2 ms resolution: a tighter poll takes CPU from the worker on 2 cores
             time.sleep(probe_every)
     finally:
         stop.set()
@@ -231,6 +240,63 @@ def visible_latency(
     )
 
 
+def breakdown(url: str, redis_url: str, orgs: int, batch: int, n_jobs: int) -> None:
+    """Drain `n_jobs` queued jobs with one in-process worker; time each step per job (wrapped functions)."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    with psycopg.connect(url, autocommit=True, options=CONNECT_OPTIONS) as conn:
+        assert quotas.rebuild_mirror(conn, client)
+    queue = Queue(QUEUE, connection=client, serializer=JSONSerializer)
+    when = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    for k in range(n_jobs):
+        enqueue_batch(queue, [event(f"org-{2 + (k * batch + i) % (orgs - 1)}", 500, when) for i in range(batch)])
+    res = proc.setup(Settings(DATABASE_URL=url, REDIS_URL=redis_url, USAGEBILL_QUEUE=QUEUE))
+    spent: dict[str, float] = {}
+    steps = [
+        (jobs, "ingest_batch", "job (ingest + post-commit)"),
+        (ingest, "ingest_batch", "  ingest transaction"),
+        (quotas, "record_alerts", "    quota statement (alerts + totals)"),
+        (quotas, "refresh_mirror", "  refresh_mirror (after commit)"),
+        (quotas, "write_totals", "    Redis: write totals"),
+        (quotas, "settle", "    Redis: settle reservations"),
+        (alerts, "enqueue_alerts", "    hand alerts over"),
+    ]
+    originals = [(module, name, getattr(module, name)) for module, name, _ in steps]
+
+    def timed(fn: Any, label: str) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[label] = spent.get(label, 0.0) + time.perf_counter() - t
+
+        return wrapper
+
+    for module, name, label in steps:
+        setattr(module, name, timed(getattr(module, name), label))
+    try:
+        w = proc.make_worker(res.redis, [QUEUE])
+        cpu, t = time.process_time(), time.perf_counter()
+        w.work(burst=True, with_scheduler=False, logging_level="WARNING")
+        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    finally:
+        for module, name, fn in originals:
+            setattr(module, name, fn)
+        proc.close()
+        client.close()
+    print(
+        f"-- one in-process worker, {n_jobs} queued {batch}-event jobs: {wall / n_jobs * 1000:.1f} ms per job "
+        f"({n_jobs / wall:.1f} jobs/s = {n_jobs * batch / wall:.0f} events/s); worker CPU "
+        f"{cpu / n_jobs * 1000:.1f} ms per job (Postgres' CPU not included)"
+    )
+    for _, _, label in steps:
+        print(f"{label:<40} {spent.get(label, 0.0) / n_jobs * 1000:7.2f} ms per job")
+    job = spent.get(steps[0][2], 0.0)
+    print(f"{'rq (fetch, registries, heartbeats, result)':<40} {(wall - job) / n_jobs * 1000:7.2f} ms per job")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5000, help="calls per timed operation")
@@ -240,12 +306,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--probe-every", type=float, default=0.05)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--breakdown-jobs", type=int, default=200, help="jobs for the per-step breakdown (0: skip)")
     args = ap.parse_args()
     with private_redis() as redis_url, template_db() as template, fresh_db(template) as url:
         seed(url, args.orgs)
         check_reserve_vs_view(url, redis_url, args.n, args.orgs)
         redis.Redis.from_url(redis_url).flushdb()
         visible_latency(url, redis_url, args.orgs, args.rate, args.batch, args.seconds, args.probe_every, args.workers)
+        if args.breakdown_jobs > 0:
+            breakdown(url, redis_url, args.orgs, args.batch, args.breakdown_jobs)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
 """Quotas: limits and their status, threshold alerts recorded in the ingest transaction, and the Redis mirror.
 
 The mirror (key layout in producer/quota.py) holds, per org with a quota, its limits and the absolute
-usage totals of each month read back from Postgres, never deltas: a worker killed between its commit
-and its Redis write, or a re-run that inserted nothing, leaves it right at the next refresh. Each write
-carries a stamp (the xmax of the snapshot that read it; a later snapshot has one at least as large), so
-two workers refreshing out of order cannot move it back. `rebuild_mirror` rebuilds it whole under a
+usage totals of each month read from Postgres, never deltas: a worker killed between its commit and its
+Redis write, or a re-run that inserted nothing, leaves it right at the next refresh. An ingest batch's
+totals are read once, by the statement that records its alerts, inside its transaction and under its
+per-(org, month) lock, and written after commit; every other read of them takes the same lock (shared),
+so no read can fall between a batch's read and its commit. Each write carries a stamp (the xmax of the
+snapshot that read it; a later snapshot has one at least as large), so two workers refreshing out of
+order cannot move it back. `rebuild_mirror` rebuilds it whole under a
 Redis lock (one rebuilder at a time): at worker start, after a flush (the `ready` key is gone) and when
 `mirror_drift` finds a difference.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -49,23 +53,46 @@ REBUILD_LOCK = "usagebill:quota:rebuild-lock"
 REBUILD_LOCK_TIMEOUT = 120
 
 # Write absolute totals unless the mirror already holds a newer read (larger stamp); at an equal stamp
-# keep the larger value. KEYS: used hash. ARGV: stamp, ttl_ms, field, value, field, value, ...
+# keep the larger value. One call for many org-months (one used hash each). KEYS: used hashes. ARGV: ttl_ms,
+# then per key: stamp, number of fields n, n pairs of field, value. Returns how many hashes were written.
 _WRITE_USED = """
-local cur = redis.call('HGET', KEYS[1], 'stamp')
-local s = tonumber(ARGV[1])
-if cur and tonumber(cur) > s then return 0 end
-local same = cur and tonumber(cur) == s
-for i = 3, #ARGV, 2 do
-  local v = ARGV[i + 1]
-  if same then
-    local old = redis.call('HGET', KEYS[1], ARGV[i])
-    if old and tonumber(old) > tonumber(v) then v = old end
+local ttl = ARGV[1]
+local j = 2
+local written = 0
+for k = 1, #KEYS do
+  local stamp = ARGV[j]
+  local n = tonumber(ARGV[j + 1])
+  local first = j + 2
+  j = first + 2 * n
+  local cur = redis.call('HGET', KEYS[k], 'stamp')
+  local s = tonumber(stamp)
+  if not (cur and tonumber(cur) > s) then
+    local same = cur and tonumber(cur) == s
+    for i = first, j - 1, 2 do
+      local v = ARGV[i + 1]
+      if same then
+        local old = redis.call('HGET', KEYS[k], ARGV[i])
+        if old and tonumber(old) > tonumber(v) then v = old end
+      end
+      redis.call('HSET', KEYS[k], ARGV[i], v)
+    end
+    redis.call('HSET', KEYS[k], 'stamp', stamp)
+    redis.call('PEXPIRE', KEYS[k], ttl)
+    written = written + 1
   end
-  redis.call('HSET', KEYS[1], ARGV[i], v)
 end
-redis.call('HSET', KEYS[1], 'stamp', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
+return written
+"""
+#: used hashes per script call: a rebuild of many orgs is cut into calls that each hold Redis briefly
+WRITE_CHUNK = 100
+
+# KEYS: the ready key, then reservation sets. Returns whether the ready key exists, then every member.
+_ACTIVE_RESERVATIONS = """
+local out = {redis.call('EXISTS', KEYS[1])}
+for i = 2, #KEYS do
+  for _, member in ipairs(redis.call('ZRANGE', KEYS[i], 0, -1)) do out[#out + 1] = member end
+end
+return out
 """
 
 
@@ -231,6 +258,19 @@ def _month_start(value: date) -> date:
     return date(value.year, value.month, 1)
 
 
+@dataclass(frozen=True)
+class _TxRead:
+    """What record_alerts read inside an ingest transaction, for the refresh after its commit."""
+
+    org_months: list[tuple[str, date]]  # the caller's list itself: its refresh passes the same object
+    rows: list[tuple[Any, ...]]  # mirror_totals rows of the (org, month) pairs it locked
+    fired: int  # alerts recorded by that transaction
+
+
+# per thread: a worker thread ingests and then refreshes the same batch
+_tx_reads = threading.local()
+
+
 def record_alerts(conn: psycopg.Connection[Any], org_months: list[tuple[str, date]]) -> None:
     """Record the threshold crossings of these (org, month) pairs, inside the caller's ingest transaction.
 
@@ -238,14 +278,30 @@ def record_alerts(conn: psycopg.Connection[Any], org_months: list[tuple[str, dat
     transaction. It takes a transaction-level advisory lock per (org, month) of orgs with quotas, so
     concurrent ingest transactions check in turn, each seeing the usage the others committed: a
     crossing is recorded exactly once (the outbox's unique key), even when two batches make it together.
+
+    The same statement reads the absolute totals the mirror holds for the locked pairs, stamped with its
+    snapshot: `refresh_mirror`, called after commit with the same `org_months` list, writes them instead
+    of reading them again (every other mirror read waits for this lock, see `_read_totals`).
     """
     if not org_months:
         return
     org_ids, months = _pairs(org_months)
     params = {"org_ids": org_ids, "months": months}
-    conn.execute(query("quotas", "lock_org_months"), params)
+    locked = {(str(o), m) for o, m, _ in conn.execute(query("quotas", "lock_org_months"), params)}
     # a new statement, so a new snapshot: it sees what transactions that held the locks before committed
-    conn.execute(query("quotas", "record_alerts"), params)
+    rows = conn.execute(query("quotas", "record_alerts"), params).fetchall()
+    _tx_reads.last = _TxRead(
+        org_months=org_months,
+        rows=[tuple(r[:6]) for r in rows if (r[0], r[1]) in locked],
+        fired=int(rows[0][6]) if rows else 0,
+    )
+
+
+def _take_tx_read(org_months: list[tuple[str, date]]) -> _TxRead | None:
+    """The read record_alerts made for this very list (once; None when another batch's, or none)."""
+    read: _TxRead | None = getattr(_tx_reads, "last", None)
+    _tx_reads.last = None
+    return read if read is not None and read.org_months is org_months else None
 
 
 def refresh_mirror(
@@ -257,22 +313,34 @@ def refresh_mirror(
     """After commit: write the absolute totals of these (org, month) pairs to the mirror, settle the
     reservations whose events are now counted, and hand new alerts to the delivery queue.
 
+    The totals are those `record_alerts` read in the batch's own transaction (under its per-(org, month)
+    lock, stamped with that snapshot: a refresh that comes late cannot move the mirror back) when
+    `org_months` is the list that transaction was given; otherwise they are read again now.
+
     Reservations settled: `reservation_ids` if given, plus every active reservation of these orgs (this
     month and the one before) whose event is in the events table, so a reservation left by a worker
     killed before this step is settled by the next refresh. The events are looked up before the totals
-    are read, so a reservation is removed only once its usage is in the mirror (for a moment it may count
-    twice: conservative, never zero times).
+    are read (a reservation of another batch found counted makes this refresh read the totals again, after
+    the lookup), so a reservation is removed only once its usage is in the mirror (for a moment it may
+    count twice: conservative, never zero times).
+
+    Alerts: handed over when this batch's transaction recorded some (or, when the totals are read again,
+    any of these pairs not yet handed over); alerts of a worker killed before this step are handed over by
+    the periodic sweep (`billing.alerts.deliver_pending`).
 
     Never raises for a Redis or database failure (logged): the next refresh or rebuild repairs the
     mirror, and an unsettled reservation expires. Rebuilds the whole mirror first when it is gone.
     """
     if not org_months:
         return
+    tx_read = _take_tx_read(org_months)
     try:
-        counted = _refresh(conn, redis_client, org_months, reservation_ids)
+        counted = _refresh(conn, redis_client, org_months, reservation_ids, tx_read)
         settle(redis_client, counted)
     except (RedisError, psycopg.Error, OSError) as exc:
         logger.warning("quota mirror refresh failed (the next refresh or rebuild repairs it): %s", exc)
+    if tx_read is not None and tx_read.fired == 0:
+        return  # the transaction recorded no alert: nothing new to hand over
     try:
         from billing.alerts import enqueue_alerts  # noqa: PLC0415 - alerts imports this module
 
@@ -286,19 +354,20 @@ def _refresh(
     redis_client: Redis,
     org_months: list[tuple[str, date]],
     reservation_ids: Iterable[str],
+    tx_read: _TxRead | None,
 ) -> list[str]:
     """Write the totals; return the reservation ids whose events are counted in them."""
     org_ids, months = _pairs(org_months)
-    pipe = redis_client.pipeline(transaction=False)
-    pipe.exists(READY_KEY)
+    own = {r for r in reservation_ids if r}
     scanned = sorted(
         {(o, m) for o, m in zip(org_ids, months, strict=True)}
         | {(o, _previous_month(m)) for o, m in zip(org_ids, months, strict=True)}
     )
-    for org_id, month in scanned:
-        pipe.zrange(resv_keys(month.strftime("%Y-%m"), org_id)[0], 0, -1)
-    ready, *active = pipe.execute()
-    candidates = sorted({*reservation_ids, *(_s(r) for ids in active for r in ids)})
+    # one command for every reservation set: their members, then whether the mirror exists
+    keys = [resv_keys(month.strftime("%Y-%m"), org_id)[0] for org_id, month in scanned]
+    found = redis_client.register_script(_ACTIVE_RESERVATIONS)(keys=[READY_KEY, *keys])
+    ready, active = bool(found[0]), [_s(r) for r in found[1:]]
+    candidates = sorted(own | set(active))
     with conn.transaction():
         # first which reservations are counted, then the totals: a later snapshot, so it includes them
         counted = (
@@ -306,12 +375,34 @@ def _refresh(
             if candidates
             else []
         )
+    if tx_read is not None and not set(counted) <= own:
+        tx_read = None  # another batch's event, maybe committed after our read: read the totals now
     if not ready:
         rebuild_mirror(conn, redis_client)  # the current month of every org; this batch's months follow
-    with conn.transaction():
-        rows = conn.execute(query("quotas", "mirror_totals"), {"org_ids": org_ids, "months": months}).fetchall()
+    rows = tx_read.rows if tx_read is not None else _read_totals(conn, org_ids, months)
     write_totals(redis_client, rows)
     return counted
+
+
+#: org-months per mirror read transaction (each takes a shared advisory lock per pair)
+READ_CHUNK = 256
+
+
+def _read_totals(conn: psycopg.Connection[Any], org_ids: list[str], months: list[date]) -> list[Any]:
+    """mirror_totals of these (org, month) pairs, each chunk read under shared locks of its pairs.
+
+    The lock makes the read wait for ingest transactions of those pairs between their own read
+    (record_alerts) and their commit: without it this read, lacking their usage, could carry a newer
+    stamp than theirs and the mirror would keep it. `conn` must not be inside a transaction (the locks
+    last until the end of the transaction).
+    """
+    rows: list[Any] = []
+    for i in range(0, len(org_ids), READ_CHUNK):
+        params = {"org_ids": org_ids[i : i + READ_CHUNK], "months": months[i : i + READ_CHUNK]}
+        with conn.transaction():
+            conn.execute(query("quotas", "lock_org_months_shared"), params)
+            rows += conn.execute(query("quotas", "mirror_totals"), params).fetchall()
+    return rows
 
 
 def _previous_month(month: date) -> date:
@@ -319,18 +410,23 @@ def _previous_month(month: date) -> date:
 
 
 def write_totals(redis_client: Redis, rows: Sequence[Sequence[Any]]) -> None:
-    """Write mirror_totals rows (org_id, month, user_id, tokens, nanos, stamp), one script per org-month."""
+    """Write mirror_totals rows (org_id, month, user_id, tokens, nanos, stamp): one script call (one round
+    trip) per WRITE_CHUNK org-months."""
     grouped: dict[tuple[str, date], tuple[str, list[str]]] = {}
     for org_id, month, user_id, tokens, nanos, stamp in rows:
         _, args = grouped.setdefault((org_id, month), (str(stamp), []))
         args += [field("t", user_id), str(tokens), field("n", user_id), str(nanos)]
     if not grouped:
         return
+    items = list(grouped.items())
     script = redis_client.register_script(_WRITE_USED)
-    pipe = redis_client.pipeline(transaction=False)
-    for (org_id, month), (stamp, args) in grouped.items():
-        script(keys=[used_key(month.strftime("%Y-%m"), org_id)], args=[stamp, MONTH_KEY_TTL_MS, *args], client=pipe)
-    pipe.execute()
+    for i in range(0, len(items), WRITE_CHUNK):
+        keys: list[str] = []
+        argv: list[str] = [str(MONTH_KEY_TTL_MS)]
+        for (org_id, month), (stamp, args) in items[i : i + WRITE_CHUNK]:
+            keys.append(used_key(month.strftime("%Y-%m"), org_id))
+            argv += [stamp, str(len(args) // 2), *args]
+        script(keys=keys, args=argv)  # EVALSHA, loading the script only when Redis does not know it
 
 
 def _limit_fields(rows: Sequence[Sequence[Any]]) -> dict[str, dict[str, str]]:
@@ -347,7 +443,7 @@ def sync_org(conn: psycopg.Connection[Any], redis_client: Redis, org_id: str) ->
     with conn.transaction():
         limits = conn.execute(query("quotas", "mirror_limits"), {"org_ids": [org_id]}).fetchall()
         month = _current_month(conn)
-        totals = conn.execute(query("quotas", "mirror_totals"), {"org_ids": [org_id], "months": [month]}).fetchall()
+    totals = _read_totals(conn, [org_id], [month])
     fields = _limit_fields(limits).get(org_id, {})
     pipe = redis_client.pipeline(transaction=True)
     pipe.delete(limits_key(org_id))
@@ -376,11 +472,9 @@ def rebuild_mirror(conn: psycopg.Connection[Any], redis_client: Redis, *, wait: 
         with conn.transaction():
             month = _current_month(conn)
             limits = conn.execute(query("quotas", "mirror_limits"), {"org_ids": None}).fetchall()
-            by_org = _limit_fields(limits)
-            org_ids = sorted(by_org)
-            totals = conn.execute(
-                query("quotas", "mirror_totals"), {"org_ids": org_ids, "months": [month] * len(org_ids)}
-            ).fetchall()
+        by_org = _limit_fields(limits)
+        org_ids = sorted(by_org)
+        totals = _read_totals(conn, org_ids, [month] * len(org_ids))
         # limits of orgs whose quotas are gone must go too
         stale = [
             k
@@ -420,11 +514,9 @@ def mirror_drift(conn: psycopg.Connection[Any], redis_client: Redis) -> list[Dri
     with conn.transaction():
         month = _current_month(conn)
         limits = conn.execute(query("quotas", "mirror_limits"), {"org_ids": None}).fetchall()
-        by_org = _limit_fields(limits)
-        org_ids = sorted(by_org)
-        totals = conn.execute(
-            query("quotas", "mirror_totals"), {"org_ids": org_ids, "months": [month] * len(org_ids)}
-        ).fetchall()
+    by_org = _limit_fields(limits)
+    org_ids = sorted(by_org)
+    totals = _read_totals(conn, org_ids, [month] * len(org_ids))
     drift: list[Drift] = []
     if not redis_client.exists(READY_KEY):
         drift.append(Drift(READY_KEY, "", None, 1))

@@ -35,47 +35,80 @@ ORDER BY org_id, user_id NULLS FIRST, kind;
 -- Serialize threshold checks per (org, month) among concurrent ingest transactions, for orgs with quotas:
 -- the lock is held until commit, so the next transaction's check (a new statement, a new snapshot under
 -- READ COMMITTED) sees this one's usage and a crossing made by two batches together is never missed.
--- Sorted, so two batches never wait on each other's locks.
-SELECT pg_advisory_xact_lock(s.k)
+-- Sorted, so two batches never wait on each other's locks. Returns the pairs locked: the totals the
+-- next statement reads for them are the mirror's (see record_alerts).
+SELECT s.org_id, s.month, pg_advisory_xact_lock(s.k)
 FROM (
-    SELECT DISTINCT hashtextextended('usagebill:quota:' || om.org_id || ':' || om.month::text, 0) AS k
+    SELECT DISTINCT hashtextextended('usagebill:quota:' || om.org_id || ':' || om.month::text, 0) AS k,
+           om.org_id, om.month
     FROM unnest(%(org_ids)s::text[], %(months)s::date[]) AS om(org_id, month)
     WHERE EXISTS (SELECT 1 FROM quotas q WHERE q.org_id = om.org_id)
     ORDER BY 1
     OFFSET 0
 ) s;
 
+-- name: lock_org_months_shared
+-- A mirror read outside ingest (a refresh that re-reads, sync, rebuild, drift check) waits for the ingest
+-- transactions of these (org, month) pairs that hold the lock above: its snapshot then includes them, and
+-- no read lands between an ingest transaction's own read (record_alerts) and its commit. Sorted; shared,
+-- so readers never wait for each other.
+SELECT count(pg_advisory_xact_lock_shared(s.k))
+FROM (
+    SELECT DISTINCT hashtextextended('usagebill:quota:' || om.org_id || ':' || om.month::text, 0) AS k
+    FROM unnest(%(org_ids)s::text[], %(months)s::date[]) AS om(org_id, month)
+    ORDER BY 1
+    OFFSET 0
+) s;
+
 -- name: record_alerts
--- Threshold crossings of the given (org, month) pairs, recorded once each (the outbox's unique key). Per
--- quota and month, one range scan of the org's days (LATERAL: the usage_daily primary key is used).
+-- Threshold crossings of the given (org, month) pairs, recorded once each (the outbox's unique key), and
+-- in the same statement the absolute totals the mirror holds for them (as mirror_totals: the org scope and
+-- each user with a quota of its own; tokens, money in nano-units rounded up; `stamp` the xmax of this
+-- statement's snapshot). One range scan of the org's days per scope (LATERAL: the usage_daily primary
+-- key), shared by the alerts of its token and money quotas and by the mirror. `fired`: the alerts this
+-- statement recorded (the same on every row).
 WITH om AS (
-    SELECT DISTINCT org_id, month FROM unnest(%(org_ids)s::text[], %(months)s::date[]) AS t(org_id, month)
-), usage AS (
-    SELECT q.quota_id, q.org_id, q.user_id, q.kind, q.quota_limit, q.currency, q.thresholds, om.month,
-           CASE q.kind
-               WHEN 'tokens' THEN u.tokens
-               ELSE u.cost + (u.ui * r.input_per_million + u.uo * r.output_per_million) / 1000000
-           END AS used
-    FROM om
-    JOIN quotas q ON q.org_id = om.org_id
+    SELECT DISTINCT om.org_id, om.month
+    FROM unnest(%(org_ids)s::text[], %(months)s::date[]) AS om(org_id, month)
+    WHERE EXISTS (SELECT 1 FROM quotas q WHERE q.org_id = om.org_id)
+), scopes AS (
+    SELECT om.org_id, om.month, NULL::text AS user_id FROM om
+    UNION
+    SELECT om.org_id, om.month, q.user_id FROM om JOIN quotas q ON q.org_id = om.org_id AND q.user_id IS NOT NULL
+), totals AS (
+    SELECT s.org_id, s.month, s.user_id, u.tokens,
+           COALESCE(u.cost, 0)
+             + (COALESCE(u.ui, 0) * r.input_per_million + COALESCE(u.uo, 0) * r.output_per_million) / 1000000 AS money
+    FROM scopes s
     CROSS JOIN LATERAL (
         SELECT sum(d.input_tokens + d.output_tokens) AS tokens, sum(d.cost) AS cost,
                sum(d.unpriced_input_tokens) AS ui, sum(d.unpriced_output_tokens) AS uo
         FROM usage_daily d
-        WHERE d.org_id = q.org_id
-          AND d.day >= om.month AND d.day < (om.month + interval '1 month')::date
-          AND (q.user_id IS NULL OR d.user_id = q.user_id)
+        WHERE d.org_id = s.org_id
+          AND d.day >= s.month AND d.day < (s.month + interval '1 month')::date
+          AND (s.user_id IS NULL OR d.user_id = s.user_id)
     ) u
-    LEFT JOIN orgs o ON o.org_id = q.org_id
-    CROSS JOIN LATERAL quota_unpriced_rate(COALESCE(o.currency, 'USD'), q.org_id) r
-    WHERE u.tokens IS NOT NULL
+    LEFT JOIN orgs o ON o.org_id = s.org_id
+    CROSS JOIN LATERAL quota_unpriced_rate(COALESCE(o.currency, 'USD'), s.org_id) r
+), fired AS (
+    INSERT INTO alerts (org_id, user_id, quota_id, threshold, month, kind, quota_limit, used, currency)
+    SELECT q.org_id, q.user_id, q.quota_id, t.threshold, tt.month, q.kind, q.quota_limit, v.used, q.currency
+    FROM totals tt
+    JOIN quotas q ON q.org_id = tt.org_id AND q.user_id IS NOT DISTINCT FROM tt.user_id
+    CROSS JOIN LATERAL (SELECT CASE q.kind WHEN 'tokens' THEN tt.tokens ELSE tt.money END AS used) v
+    CROSS JOIN LATERAL unnest(q.thresholds) AS t(threshold)
+    WHERE tt.tokens IS NOT NULL
+      AND v.used * 100 >= t.threshold * q.quota_limit
+    ON CONFLICT ON CONSTRAINT alerts_once DO NOTHING
+    RETURNING 1
 )
-INSERT INTO alerts (org_id, user_id, quota_id, threshold, month, kind, quota_limit, used, currency)
-SELECT u.org_id, u.user_id, u.quota_id, t.threshold, u.month, u.kind, u.quota_limit, u.used, u.currency
-FROM usage u
-CROSS JOIN LATERAL unnest(u.thresholds) AS t(threshold)
-WHERE u.used * 100 >= t.threshold * u.quota_limit
-ON CONFLICT ON CONSTRAINT alerts_once DO NOTHING;
+SELECT tt.org_id, tt.month, tt.user_id,
+       COALESCE(tt.tokens, 0)::text AS tokens,
+       ceil(tt.money * 1000000000)::text AS nanos,
+       pg_snapshot_xmax(pg_current_snapshot())::text AS stamp,
+       (SELECT count(*) FROM fired) AS fired
+FROM totals tt
+ORDER BY tt.org_id, tt.month;
 
 -- name: mirror_totals
 -- Absolute totals of the given (org, month) pairs for the mirror: the org scope (user_id NULL) and each
