@@ -21,7 +21,12 @@ from billing.sqlfiles import query
 _log = logging.getLogger("usagebill.reconcile")
 
 #: the database checks, in the order they are reported
-CHECKS = ("events_vs_usage_daily", "events_vs_invoice_usage", "invoices_vs_invoice_usage")
+CHECKS = (
+    "events_vs_usage_daily",
+    "events_vs_usage_org_month",
+    "events_vs_invoice_usage",
+    "invoices_vs_invoice_usage",
+)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 -- Aggregates: add (sign 1) or remove (sign -1, reprice reversals) the events of a table shaped like
--- events to invoice_usage and usage_daily. One statement per table, rows in primary-key order, so
+-- events to invoice_usage, usage_daily and usage_org_month. One statement per table, rows in primary-key order, so
 -- concurrent writers take row locks in the same order and never deadlock; increments are atomic
 -- (ON CONFLICT DO UPDATE adds to the committed value), so none is lost.
 
@@ -82,6 +82,32 @@ SELECT e.org_id, (e.occurred_at AT TIME ZONE 'UTC')::date, coalesce(e.user_id, '
        cache_write_tokens     = t.cache_write_tokens + EXCLUDED.cache_write_tokens,
        output_tokens          = t.output_tokens + EXCLUDED.output_tokens,
        reasoning_tokens       = t.reasoning_tokens + EXCLUDED.reasoning_tokens,
+       unpriced_input_tokens  = t.unpriced_input_tokens + EXCLUDED.unpriced_input_tokens,
+       unpriced_output_tokens = t.unpriced_output_tokens + EXCLUDED.unpriced_output_tokens,
+       cost                   = t.cost + EXCLUDED.cost
+
+-- name: add_usage_org_month
+-- Every event (priced or not), per org and usage month (UTC, as usage_daily's days): what quota checks
+-- read. Rows in key order, like the others.
+INSERT INTO usage_org_month AS t (
+    org_id, month, events, unpriced_events, input_tokens, output_tokens, unpriced_input_tokens,
+    unpriced_output_tokens, cost)
+SELECT e.org_id, date_trunc('month', e.occurred_at AT TIME ZONE 'UTC')::date,
+       %(sign)s * count(*),
+       %(sign)s * count(*) FILTER (WHERE e.rate_id IS NULL),
+       %(sign)s * sum(e.input_tokens::numeric),
+       %(sign)s * sum(e.output_tokens::numeric),
+       %(sign)s * coalesce(sum(e.input_tokens::numeric) FILTER (WHERE e.rate_id IS NULL), 0),
+       %(sign)s * coalesce(sum(e.output_tokens::numeric) FILTER (WHERE e.rate_id IS NULL), 0),
+       %(sign)s * coalesce(sum(e.cost_total), 0)
+  FROM {table} AS e
+ GROUP BY 1, 2
+ ORDER BY 1, 2
+    ON CONFLICT (org_id, month) DO UPDATE
+   SET events                 = t.events + EXCLUDED.events,
+       unpriced_events        = t.unpriced_events + EXCLUDED.unpriced_events,
+       input_tokens           = t.input_tokens + EXCLUDED.input_tokens,
+       output_tokens          = t.output_tokens + EXCLUDED.output_tokens,
        unpriced_input_tokens  = t.unpriced_input_tokens + EXCLUDED.unpriced_input_tokens,
        unpriced_output_tokens = t.unpriced_output_tokens + EXCLUDED.unpriced_output_tokens,
        cost                   = t.cost + EXCLUDED.cost

@@ -42,6 +42,41 @@ SELECT coalesce(ev.org_id, ag.org_id), coalesce(ev.month, ag.month), 'usage_dail
  WHERE k.expected IS DISTINCT FROM k.found
  ORDER BY 1, 2, 3
 
+-- name: events_vs_usage_org_month
+-- usage_org_month holds every event (priced or not) per org and UTC month: what quota checks read.
+WITH ev AS (
+    SELECT org_id, date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date AS month,
+           count(*)::numeric                                                    AS events,
+           count(*) FILTER (WHERE rate_id IS NULL)::numeric                    AS unpriced_events,
+           sum(input_tokens::numeric)                                           AS input_tokens,
+           sum(output_tokens::numeric)                                          AS output_tokens,
+           coalesce(sum(input_tokens::numeric) FILTER (WHERE rate_id IS NULL), 0)  AS unpriced_input_tokens,
+           coalesce(sum(output_tokens::numeric) FILTER (WHERE rate_id IS NULL), 0) AS unpriced_output_tokens,
+           coalesce(sum(cost_total), 0)                                         AS cost
+      FROM events
+     WHERE %(month)s::date IS NULL OR usage_month = %(month)s::date
+     GROUP BY 1, 2
+), ag AS (
+    SELECT org_id, month, events::numeric AS events, unpriced_events::numeric AS unpriced_events, input_tokens,
+           output_tokens, unpriced_input_tokens, unpriced_output_tokens, cost
+      FROM usage_org_month
+     WHERE %(month)s::date IS NULL OR month = %(month)s::date
+)
+SELECT coalesce(ev.org_id, ag.org_id), coalesce(ev.month, ag.month), 'usage_org_month.' || k.what, k.expected,
+       k.found
+  FROM ev FULL JOIN ag ON ag.org_id = ev.org_id AND ag.month = ev.month
+ CROSS JOIN LATERAL (VALUES
+        ('events', coalesce(ev.events, 0), coalesce(ag.events, 0)),
+        ('unpriced_events', coalesce(ev.unpriced_events, 0), coalesce(ag.unpriced_events, 0)),
+        ('input_tokens', coalesce(ev.input_tokens, 0), coalesce(ag.input_tokens, 0)),
+        ('output_tokens', coalesce(ev.output_tokens, 0), coalesce(ag.output_tokens, 0)),
+        ('unpriced_input_tokens', coalesce(ev.unpriced_input_tokens, 0), coalesce(ag.unpriced_input_tokens, 0)),
+        ('unpriced_output_tokens', coalesce(ev.unpriced_output_tokens, 0), coalesce(ag.unpriced_output_tokens, 0)),
+        ('cost', coalesce(ev.cost, 0), coalesce(ag.cost, 0))
+       ) AS k (what, expected, found)
+ WHERE k.expected IS DISTINCT FROM k.found
+ ORDER BY 1, 2, 3
+
 -- name: events_vs_invoice_usage
 -- Per org and original (usage) month, every category's quantity and money on the invoice aggregate
 -- equals the priced events' (re-rating reversals and re-bills net out to the events' current cost).

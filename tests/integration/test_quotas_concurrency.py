@@ -88,37 +88,46 @@ def test_200_concurrent_reserve_settle_callers_never_overshoot_a_hard_limit(
 
 
 def _add_usage(c: psycopg.Connection[Any], org: str, model: str, tokens: int, day: date) -> None:
+    # what billing.aggregates writes for one event: its usage_daily row and its org's month
     c.execute(
         "INSERT INTO usage_daily (org_id, day, provider, model, events, input_tokens, output_tokens)"
         " VALUES (%s, %s, 'openai', %s, 1, %s, 0)",
         (org, day, model, tokens),
+    )
+    c.execute(
+        "INSERT INTO usage_org_month AS t (org_id, month, events, input_tokens)"
+        " VALUES (%s, date_trunc('month', %s::date)::date, 1, %s)"
+        " ON CONFLICT (org_id, month) DO UPDATE SET events = t.events + 1,"
+        " input_tokens = t.input_tokens + EXCLUDED.input_tokens",
+        (org, day, tokens),
     )
 
 
 def test_crossing_made_by_two_concurrent_transactions_fires_once(
     database_url: str, conn: psycopg.Connection[Any]
 ) -> None:
-    """Each batch alone stays under 50 %; together they cross it. Without the per-(org, month) lock the
-    second check would run while the first is uncommitted, see neither's usage, and the alert be lost."""
+    """Each batch alone stays under 50 %; together they cross it. The second check must not run while the
+    first is uncommitted (it would see neither's usage, and the alert be lost): it waits, on the org's
+    usage_org_month row or on the per-(org, month) lock."""
     quotas.set_quota(conn, org_id="x", kind="tokens", limit=Decimal(10_000), thresholds=[Decimal(50)])
     day = date(2026, 10, 15)
     t1 = psycopg.connect(database_url, options=CONNECT_OPTIONS)
     t2 = psycopg.connect(database_url, options=CONNECT_OPTIONS)
     try:
-        _add_usage(t1, "x", "model-a", 4000, day)  # different rows: no row lock between the two
+        _add_usage(t1, "x", "model-a", 4000, day)
         quotas.record_alerts(t1, [("x", day)])
-        _add_usage(t2, "x", "model-b", 4000, day)
         done = threading.Event()
 
         def second() -> None:
-            quotas.record_alerts(t2, [("x", day)])  # waits for t1's lock
+            _add_usage(t2, "x", "model-b", 4000, day)
+            quotas.record_alerts(t2, [("x", day)])  # waits for t1
             t2.commit()
             done.set()
 
         worker = threading.Thread(target=second)
         worker.start()
         deadline = time.monotonic() + 10
-        while not _waiting_on_advisory_lock(conn):
+        while not _waiting_on_lock(conn):
             assert time.monotonic() < deadline, "the second check never waited for the first"
             time.sleep(0.02)
         assert not done.is_set()
@@ -132,10 +141,10 @@ def test_crossing_made_by_two_concurrent_transactions_fires_once(
     assert rows == [(Decimal(50), Decimal(8000))]
 
 
-def _waiting_on_advisory_lock(conn: psycopg.Connection[Any]) -> bool:
+def _waiting_on_lock(conn: psycopg.Connection[Any]) -> bool:
     row = conn.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND database ="
-        " (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE NOT l.granted AND a.datname = current_database()"
     ).fetchone()
     return bool(row and row[0])
 

@@ -89,6 +89,11 @@ def test_a_mirror_read_waits_for_an_ingest_transaction_between_its_read_and_comm
             " VALUES ('org-w', %s, 'openai', 'm', 1, 4000, 0)",
             (today,),
         )
+        t1.execute(  # as billing.aggregates writes both
+            "INSERT INTO usage_org_month (org_id, month, events, input_tokens)"
+            " VALUES ('org-w', date_trunc('month', %s::date)::date, 1, 4000)",
+            (today,),
+        )
         quotas.record_alerts(t1, [("org-w", today)])  # holds the (org, month) lock until commit
         reader = threading.Thread(target=sync)
         reader.start()

@@ -99,6 +99,20 @@ def test_clean_after_ingest_and_close_then_tampering_is_caught(
     assert out.returncode == 0, out.stdout  # the tampered month is not the one asked for
 
 
+def test_org_month_aggregate_drift_is_caught(
+    conn: psycopg.Connection[Any], settings: Settings, rconn: redis.Redis
+) -> None:
+    load(conn, settings, rconn)
+    conn.execute(
+        "UPDATE usage_org_month SET output_tokens = output_tokens + 7 WHERE org_id = 'a' AND month = '2026-10-01'"
+    )
+    with connect(settings) as db:
+        drift = reconcile(db, rconn).drifts
+    found = [(d.org_id, d.month, d.what) for d in drift if not d.what.startswith("mirror")]
+    assert found == [("a", "2026-10", "usage_org_month.output_tokens")]
+    assert Decimal(drift[0].found) - Decimal(drift[0].expected) == 7
+
+
 def test_invoice_aggregate_drift_and_mirror_repair(
     conn: psycopg.Connection[Any], settings: Settings, rconn: redis.Redis, cli_env: dict[str, str]
 ) -> None:

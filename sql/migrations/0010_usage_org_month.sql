@@ -1,0 +1,31 @@
+-- 0010 usage_org_month: per org and usage month (the UTC month of occurred_at), what quota checks read
+-- at every ingest batch. Summing an org's month of usage_daily (one row per user, day, provider and model)
+-- costs more the more users and days the org has; this row is one index lookup. Kept by the same
+-- statements, in the same transactions, as usage_daily (billing.aggregates), and reconciled against
+-- the events like it.
+CREATE TABLE usage_org_month (
+    org_id                 text NOT NULL,
+    month                  date NOT NULL CHECK (month = date_trunc('month', month)::date),
+    events                 bigint NOT NULL DEFAULT 0,
+    unpriced_events        bigint NOT NULL DEFAULT 0,
+    input_tokens           numeric NOT NULL DEFAULT 0,
+    output_tokens          numeric NOT NULL DEFAULT 0,
+    unpriced_input_tokens  numeric NOT NULL DEFAULT 0,
+    unpriced_output_tokens numeric NOT NULL DEFAULT 0,
+    cost                   numeric NOT NULL DEFAULT 0,
+    PRIMARY KEY (org_id, month)
+);
+
+INSERT INTO usage_org_month (org_id, month, events, unpriced_events, input_tokens, output_tokens,
+                             unpriced_input_tokens, unpriced_output_tokens, cost)
+SELECT org_id, date_trunc('month', day)::date, sum(events), sum(unpriced_events), sum(input_tokens),
+       sum(output_tokens), sum(unpriced_input_tokens), sum(unpriced_output_tokens), sum(cost)
+FROM usage_daily
+GROUP BY 1, 2;
+
+ALTER TABLE usage_org_month ENABLE ROW LEVEL SECURITY;
+CREATE POLICY worker_all ON usage_org_month TO usagebill_worker USING (true) WITH CHECK (true);
+CREATE POLICY reader_own_org ON usage_org_month FOR SELECT TO usagebill_reader
+    USING (org_id = usagebill_reader_org());
+GRANT SELECT ON usage_org_month TO usagebill_reader;
+GRANT SELECT, INSERT, UPDATE ON usage_org_month TO usagebill_worker;
