@@ -125,6 +125,18 @@ def _decimal(value: Any) -> Decimal | None:
     return result if result.is_finite() else None
 
 
+def _cost(u: Mapping[str, Any]) -> Decimal | None:
+    """The cost the provider put in its usage, in USD: `cost` (OpenRouter, Avian), else xAI's ticks / 10^10.
+
+    xAI reports ticks on its Responses API as well as on chat; either way they are the amount billed."""
+    cost = _decimal(u.get("cost"))
+    if cost is None:
+        ticks = _int(u.get("cost_in_usd_ticks"))
+        if ticks is not None:
+            cost = Decimal(ticks).scaleb(_XAI_TICKS_EXP)
+    return cost
+
+
 def _text(value: Any) -> str | None:
     """A non-empty string (an enum's value too), else None."""
     if isinstance(value, str):
@@ -189,10 +201,7 @@ def _chat(u: Mapping[str, Any], prompt: int | None, completion: int | None, xai:
         )
     if xai:
         completion += reasoning  # xAI's completion_tokens exclude reasoning
-    cost = _decimal(u.get("cost"))
-    if cost is None and ticks is not None:
-        cost = Decimal(ticks).scaleb(_XAI_TICKS_EXP)
-    return _Counts(prompt, cached, write, 0, completion, reasoning, cost)
+    return _Counts(prompt, cached, write, 0, completion, reasoning, _cost(u))
 
 
 def _io(u: Mapping[str, Any], inp: int | None, out: int | None, xai: bool) -> _Counts:
@@ -216,7 +225,7 @@ def _io(u: Mapping[str, Any], inp: int | None, out: int | None, xai: bool) -> _C
         write_1h = 0
     otd = _m(u.get("output_tokens_details"))
     reasoning = _first_int(otd.get("reasoning_tokens"), otd.get("thinking_tokens")) or 0
-    return _Counts(inp, cached, write, write_1h, out or 0, reasoning, _decimal(u.get("cost")))
+    return _Counts(inp, cached, write, write_1h, out or 0, reasoning, _cost(u))
 
 
 def _bedrock(u: Mapping[str, Any], inp: int | None, out: int | None, xai: bool) -> _Counts:

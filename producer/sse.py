@@ -82,7 +82,8 @@ def _has_usage(data: str) -> bool:
             if tail[:1] != '"' or tail[1:].lstrip(" :")[:4] != "null":
                 return True
         i = data.find("sage", i + 4)
-    return '"eval_count"' in data  # Ollama's native final object, when its lines come this way
+    # Ollama's native final object, when its lines come this way (either count may be omitted when zero)
+    return 'eval_count"' in data
 
 
 def _decode(line: str | bytes) -> str | None:

@@ -91,7 +91,8 @@ def _extract(payload: Any, provider: str | None) -> Usage | None:
 
 
 def chunk_text(chunk: Any) -> str:
-    """The generated text a stream chunk/event carries (chat delta, Responses delta, Anthropic delta).
+    """The generated text a stream chunk/event carries (chat delta, Responses delta, Anthropic delta, or a
+    provider's native chunk: Gemini, Ollama, Bedrock ConverseStream, Hunyuan).
 
     A chunk may also be the JSON text of an SSE `data:` line (kept unparsed by `producer.sse`)."""
     if isinstance(chunk, str | bytes):
@@ -102,9 +103,12 @@ def chunk_text(chunk: Any) -> str:
         except ValueError:
             return ""
     kind = _get(chunk, "type")
-    if kind is None:  # an OpenAI chat chunk
+    if kind is None:  # an OpenAI chat chunk, or a native shape (no choices)
         parts: list[str] = []
-        for choice in _get(chunk, "choices") or ():
+        choices = _get(chunk, "choices")
+        if choices is None:
+            _native_text(chunk, parts)
+        for choice in choices or ():
             delta = _get(choice, "delta")
             if delta is None:
                 continue
@@ -132,6 +136,45 @@ def chunk_text(chunk: Any) -> str:
     return ""
 
 
+def _strings(parts: list[str], *values: Any) -> None:
+    parts.extend(value for value in values if isinstance(value, str))
+
+
+def _native_text(obj: Any, parts: list[str]) -> None:
+    """The text of a chunk or response in a provider's native shape: Gemini, Ollama, Bedrock Converse, Hunyuan.
+
+    Without it an estimate for such a stream would count 0 output tokens however much it had generated."""
+    for candidate in _get(obj, "candidates") or ():  # Gemini / Vertex: thought parts are billed as output too
+        content = _get(candidate, "content")
+        for part in (_get(content, "parts") if content is not None else None) or ():
+            _strings(parts, _get(part, "text"))
+    message = _get(obj, "message")  # Ollama /api/chat
+    if message is not None:
+        _strings(parts, _get(message, "thinking"), _get(message, "content"))
+    _strings(parts, _get(obj, "thinking"), _get(obj, "response"))  # Ollama /api/generate (a string there)
+    block = _get(obj, "contentBlockDelta")  # Bedrock ConverseStream
+    delta = _get(block, "delta") if block is not None else None
+    if delta is not None:
+        reasoning = _get(delta, "reasoningContent")
+        tool = _get(delta, "toolUse")
+        _strings(
+            parts,
+            _get(delta, "text"),
+            _get(reasoning, "text") if reasoning is not None else None,
+            _get(tool, "input") if tool is not None else None,
+        )
+    output = _get(obj, "output")  # Bedrock Converse (a whole response)
+    message = _get(output, "message") if isinstance(output, Mapping) else None
+    for block in (_get(message, "content") if message is not None else None) or ():
+        _strings(parts, _get(block, "text"))
+    wrapper = _get(obj, "Response")  # Hunyuan: Choices[].Delta in a stream, Response.Choices[].Message
+    for choice in _get(wrapper if wrapper is not None else obj, "Choices") or ():
+        for key in ("Delta", "Message"):
+            value = _get(choice, key)
+            if value is not None:
+                _strings(parts, _get(value, "ReasoningContent"), _get(value, "Content"))
+
+
 def response_text(response: Any) -> str:
     """The generated text of a whole (non-streamed) response of any of the three APIs."""
     parts: list[str] = []
@@ -150,6 +193,8 @@ def response_text(response: Any) -> str:
             value = _get(part, "text")
             if isinstance(value, str):
                 parts.append(value)
+    if _get(response, "choices") is None:
+        _native_text(response, parts)
     return "".join(parts)
 
 
@@ -322,11 +367,12 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-#: keys besides `usage` under which a non-OpenAI-shaped chunk (as a mapping) may carry usage: Gemini
-#: `usageMetadata` (`usage_metadata` in google-genai), Hunyuan `Usage` (also inside `Response`),
-#: Ollama's final object, Bedrock's stream `metadata`, Groq's `x_groq`
+#: keys besides `usage` under which a non-OpenAI-shaped chunk (a mapping or an SDK object) may carry usage:
+#: Gemini `usageMetadata` (`usage_metadata` in google-genai), Hunyuan `Usage` (also inside `Response`),
+#: Ollama's final object (either count may be omitted: Ollama drops zero counts), Bedrock's stream
+#: `metadata`, Groq's `x_groq`
 OTHER_USAGE_KEYS = frozenset(
-    {"x_groq", "usageMetadata", "usage_metadata", "Usage", "Response", "eval_count", "metadata"}
+    {"x_groq", "usageMetadata", "usage_metadata", "Usage", "Response", "eval_count", "prompt_eval_count", "metadata"}
 )
 
 
@@ -363,7 +409,11 @@ def _wants(chunk: Any, call: _Call) -> bool:
         return kind in USAGE_EVENT_TYPES
     if getattr(chunk, "usage", None) is not None:
         return True
-    return hasattr(chunk, "choices") and _chat_object_has_usage(chunk)
+    if hasattr(chunk, "choices"):
+        return _chat_object_has_usage(chunk)
+    # other SDKs' objects: google-genai's cumulative usage_metadata on every chunk, the ollama library's
+    # counts on its done object, ...: without this only the first chunk's (partial) usage would be read
+    return any(getattr(chunk, key, None) is not None for key in OTHER_USAGE_KEYS)
 
 
 def _chat_wants(chunk: Any, call: _Call) -> bool:
