@@ -14,11 +14,18 @@ import logging
 from collections.abc import AsyncIterator, Generator, Iterator, Mapping
 from typing import Any
 
-from producer.streams import AsyncTrackedIterator, Publish, TrackedIterator, _Call, _is_cancel, new_call
+from producer.streams import (
+    EVENT_ERRORS,
+    AsyncTrackedIterator,
+    Publish,
+    TrackedIterator,
+    _Call,
+    _is_cancel,
+    is_error_event,
+    new_call,
+)
 
 logger = logging.getLogger("usagebill.producer")
-
-_EVENT_ERRORS = frozenset({"error", "response.failed"})
 
 
 class SSEParser:
@@ -40,7 +47,7 @@ class SSEParser:
                 not self.seen_data
                 or _has_usage(line)
                 or line[5:15].lstrip().startswith('{"error"')
-                or self.event in _EVENT_ERRORS
+                or self.event in EVENT_ERRORS
             ):
                 data = line[5:].strip()
                 if data and data != "[DONE]":
@@ -63,7 +70,7 @@ class SSEParser:
             return
         if self.event and "type" not in payload:
             payload["type"] = self.event  # an Anthropic-style event whose name is only on the event: line
-        if payload.get("type") in _EVENT_ERRORS or isinstance(payload.get("error"), Mapping | str):
+        if is_error_event(payload):
             self.error = True
         self.call.observe(payload)
 

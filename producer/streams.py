@@ -453,7 +453,23 @@ def _pump(it: Iterator[Any], call: _Call, wants: Callable[[Any, _Call], bool]) -
     except BaseException as exc:
         call.emit(call.finish("error", error=exc))
         raise
-    call.emit(call.finish("ok"))
+    call.emit(call.finish(end_status(call.chunks)))
+
+
+#: stream event types that mean the call failed (Anthropic's `error`, OpenAI Responses' `response.failed`)
+EVENT_ERRORS = frozenset({"error", "response.failed"})
+
+
+def is_error_event(payload: Any) -> bool:
+    """A stream chunk (dict or SDK event) that reports the call's failure instead of raising it."""
+    if isinstance(payload, Mapping):
+        return payload.get("type") in EVENT_ERRORS or isinstance(payload.get("error"), Mapping | str)
+    return getattr(payload, "type", None) in EVENT_ERRORS
+
+
+def end_status(chunks: list[Any]) -> str:
+    """How a stream that ran to its end ended: `error` when one of its chunks was an error event."""
+    return "error" if any(is_error_event(c) for c in chunks) else "ok"
 
 
 def _pump_chat(it: Iterator[Any], call: _Call) -> Generator[Any, None, None]:
@@ -584,7 +600,7 @@ class AsyncTrackedStream(AsyncTrackedIterator):
         try:
             chunk = await self._it.__anext__()
         except StopAsyncIteration:
-            await self._end("ok")
+            await self._end(end_status(self._call.chunks))
             raise
         except BaseException as exc:
             await self._end("aborted" if _is_cancel(exc) else "error", exc)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
@@ -501,3 +502,36 @@ def test_sse_lines_error_event_and_estimate(fake: FakeLLM, events: Events) -> No
     [ev] = events
     assert ev.status == "error" and ev.estimated
     assert ev.usage.output_tokens == tokens.count_text("This reply", "error-model")
+
+
+ANTHROPIC_FAILED = [
+    {"type": "message_start", "message": {"model": "claude-x", "usage": {"input_tokens": 12, "output_tokens": 1}}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hel"}},
+    {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+]
+
+
+def test_dict_stream_ending_in_an_error_event_is_an_error_like_its_raw_lines(events: Events) -> None:
+    # the same failed stream as dict chunks (sync and async) and as raw SSE lines: one status for all three
+    list(producer.track_stream(iter(ANTHROPIC_FAILED), provider="anthropic", org_id="acme", publish=events))
+
+    async def chunks() -> AsyncIterator[dict[str, Any]]:
+        for c in ANTHROPIC_FAILED:
+            yield c
+
+    async def drain() -> None:
+        async for _ in producer.track_stream(chunks(), provider="anthropic", org_id="acme", publish=events):
+            pass
+
+    asyncio.run(drain())
+    lines = [line for c in ANTHROPIC_FAILED for line in (f"event: {c['type']}", f"data: {json.dumps(c)}", "")]
+    list(producer.track_sse_lines(iter(lines), provider="anthropic", org_id="acme", publish=events))
+    assert [e.status for e in events] == ["error", "error", "error"]
+    assert all(e.usage.input_tokens == 12 for e in events)
+
+
+def test_a_clean_dict_stream_stays_ok(events: Events) -> None:
+    done = [*ANTHROPIC_FAILED[:2], {"type": "message_delta", "usage": {"output_tokens": 5}}, {"type": "message_stop"}]
+    list(producer.track_stream(iter(done), provider="anthropic", org_id="acme", publish=events))
+    [ev] = events
+    assert (ev.status, ev.usage.input_tokens, ev.usage.output_tokens) == ("ok", 12, 5)
