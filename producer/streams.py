@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 from producer.build import build_event
 from producer.context import CallContext, current_context
@@ -793,14 +793,35 @@ _PREFIXES = {path[:i] for path in _ENDPOINTS for i in range(1, len(path))}
 _CLIENT_COPIERS = frozenset({"with_options", "copy"})
 
 
+#: an OpenAI-compatible client's host -> the provider it serves (its usage rules and its rates follow it)
+_HOSTS: Final[tuple[tuple[str, str], ...]] = (
+    ("openrouter.ai", "openrouter"),
+    ("api.x.ai", "xai"),
+    ("api.deepseek.com", "deepseek"),
+    ("dashscope", "qwen"),  # dashscope.aliyuncs.com, dashscope-intl.aliyuncs.com
+    ("api.moonshot", "moonshot"),  # api.moonshot.ai, api.moonshot.cn
+    ("hunyuan", "hunyuan"),  # api.hunyuan.cloud.tencent.com
+    ("generativelanguage.googleapis.com", "gemini"),
+    ("aiplatform.googleapis.com", "vertex"),
+    ("api.groq.com", "groq"),
+    ("api.mistral.ai", "mistral"),
+    ("api.perplexity.ai", "perplexity"),
+    ("bigmodel.cn", "zai"),
+    ("api.z.ai", "zai"),
+    ("router.huggingface.co", "huggingface"),
+)
+
+
 def infer_provider(client: Any) -> str:
-    """`anthropic` for an Anthropic client; `openrouter` for an OpenAI client aimed at OpenRouter; else `openai`."""
+    """`anthropic` for an Anthropic client; for an OpenAI client, the provider its base URL's host serves
+    (OpenRouter, xAI, DeepSeek, DashScope/Qwen, Moonshot, Hunyuan, Gemini, ...); else `openai`."""
     module = type(client).__module__
     if module.startswith("anthropic"):
         return "anthropic"
-    base_url = str(getattr(client, "base_url", "") or "")
-    if "openrouter" in base_url:
-        return "openrouter"
+    base_url = str(getattr(client, "base_url", "") or "").lower()
+    for host, provider in _HOSTS:
+        if host in base_url:
+            return provider
     return "openai"
 
 

@@ -535,3 +535,22 @@ def test_a_clean_dict_stream_stays_ok(events: Events) -> None:
     list(producer.track_stream(iter(done), provider="anthropic", org_id="acme", publish=events))
     [ev] = events
     assert (ev.status, ev.usage.input_tokens, ev.usage.output_tokens) == ("ok", 12, 5)
+
+
+@pytest.mark.parametrize(
+    ("base_url", "provider"),
+    [
+        ("https://api.openai.com/v1", "openai"),
+        ("https://openrouter.ai/api/v1", "openrouter"),
+        ("https://api.x.ai/v1", "xai"),
+        ("https://api.deepseek.com", "deepseek"),
+        ("https://dashscope-intl.aliyuncs.com/compatible-mode/v1", "qwen"),
+        ("https://api.moonshot.ai/v1", "moonshot"),
+        ("https://generativelanguage.googleapis.com/v1beta/openai/", "gemini"),
+        ("http://localhost:8000/v1", "openai"),
+    ],
+)
+def test_an_openai_client_is_attributed_to_the_provider_its_base_url_serves(base_url: str, provider: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="test")
+    assert producer.instrument(client, org_id="acme")._provider == provider
+    client.close()
