@@ -23,6 +23,26 @@ SELECT org_id, date_trunc('month', day)::date, sum(events), sum(unpriced_events)
 FROM usage_daily
 GROUP BY 1, 2;
 
+-- What a quota scope has used in a month (one row, NULLs when nothing): the org scope (p_user_id NULL) from
+-- its usage_org_month row, a user's from a range scan of the org's days for that user (usage_daily's
+-- primary key). Tokens are input + output. A plain SQL function, so the planner inlines it.
+CREATE FUNCTION quota_scope_usage(p_org_id text, p_month date, p_user_id text)
+RETURNS TABLE (tokens numeric, cost numeric, unpriced_input_tokens numeric, unpriced_output_tokens numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT sum(x.tokens), sum(x.cost), sum(x.ui), sum(x.uo)
+    FROM (
+        SELECT m.input_tokens + m.output_tokens AS tokens, m.cost,
+               m.unpriced_input_tokens AS ui, m.unpriced_output_tokens AS uo
+        FROM usage_org_month m
+        WHERE p_user_id IS NULL AND m.org_id = p_org_id AND m.month = p_month
+        UNION ALL
+        SELECT d.input_tokens + d.output_tokens, d.cost, d.unpriced_input_tokens, d.unpriced_output_tokens
+        FROM usage_daily d
+        WHERE p_user_id IS NOT NULL AND d.org_id = p_org_id AND d.user_id = p_user_id
+          AND d.day >= p_month AND d.day < (p_month + interval '1 month')::date
+    ) x
+$$;
+
 ALTER TABLE usage_org_month ENABLE ROW LEVEL SECURITY;
 CREATE POLICY worker_all ON usage_org_month TO usagebill_worker USING (true) WITH CHECK (true);
 CREATE POLICY reader_own_org ON usage_org_month FOR SELECT TO usagebill_reader

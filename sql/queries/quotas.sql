@@ -64,10 +64,9 @@ FROM (
 -- Threshold crossings of the given (org, month) pairs, recorded once each (the outbox's unique key), and
 -- in the same statement the absolute totals the mirror holds for them (as mirror_totals: the org scope and
 -- each user with a quota of its own; tokens, money in nano-units rounded up; `stamp` the xmax of this
--- statement's snapshot). One usage_org_month row per org, one range scan of the org's days per user with
--- a quota (LATERAL: the usage_daily primary key), shared by the alerts of its token and money quotas and
--- by the mirror. `fired`: the alerts this
--- statement recorded (the same on every row).
+-- statement's snapshot). Each scope's usage read once (`quota_scope_usage`: the org's usage_org_month
+-- row, or a range scan of the org's days for a user), shared by the alerts of its token and money quotas
+-- and by the mirror. `fired`: the alerts this statement recorded (the same on every row).
 WITH om AS (
     SELECT DISTINCT om.org_id, om.month
     FROM unnest(%(org_ids)s::text[], %(months)s::date[]) AS om(org_id, month)
@@ -81,21 +80,8 @@ WITH om AS (
            COALESCE(u.cost, 0)
              + (COALESCE(u.ui, 0) * r.input_per_million + COALESCE(u.uo, 0) * r.output_per_million) / 1000000 AS money
     FROM scopes s
-    CROSS JOIN LATERAL (
-        -- the org scope: its usage_org_month row; a user's: a range scan of the org's days for that user
-        SELECT sum(x.tokens) AS tokens, sum(x.cost) AS cost, sum(x.ui) AS ui, sum(x.uo) AS uo
-        FROM (
-            SELECT m.input_tokens + m.output_tokens AS tokens, m.cost,
-                   m.unpriced_input_tokens AS ui, m.unpriced_output_tokens AS uo
-            FROM usage_org_month m
-            WHERE s.user_id IS NULL AND m.org_id = s.org_id AND m.month = s.month
-            UNION ALL
-            SELECT d.input_tokens + d.output_tokens, d.cost, d.unpriced_input_tokens, d.unpriced_output_tokens
-            FROM usage_daily d
-            WHERE s.user_id IS NOT NULL AND d.org_id = s.org_id AND d.user_id = s.user_id
-              AND d.day >= s.month AND d.day < (s.month + interval '1 month')::date
-        ) x
-    ) u
+    CROSS JOIN LATERAL quota_scope_usage(s.org_id, s.month, s.user_id)
+        AS u (tokens, cost, ui, uo)
     LEFT JOIN orgs o ON o.org_id = s.org_id
     CROSS JOIN LATERAL quota_unpriced_rate(COALESCE(o.currency, 'USD'), s.org_id) r
 ), fired AS (
@@ -122,8 +108,7 @@ ORDER BY tt.org_id, tt.month;
 -- Absolute totals of the given (org, month) pairs for the mirror: the org scope (user_id NULL) and each
 -- user that has a quota of its own; tokens and money in nano-units (rounded up: conservative). `stamp`
 -- orders reads: a snapshot taken later has an xmax at least as large, so the mirror keeps the newest.
--- Per org, its usage_org_month row; per user with a quota, a range scan of the org's days (LATERAL: the
--- usage_daily primary key is used).
+-- Each scope's usage by `quota_scope_usage` (the org's usage_org_month row, a user's days).
 WITH om AS (
     SELECT DISTINCT om.org_id, om.month
     FROM unnest(%(org_ids)s::text[], %(months)s::date[]) AS om(org_id, month)
@@ -139,21 +124,8 @@ SELECT s.org_id, s.month, s.user_id,
              / 1000000) * 1000000000)::text AS nanos,
        pg_snapshot_xmax(pg_current_snapshot())::text AS stamp
 FROM scopes s
-CROSS JOIN LATERAL (
-    -- the org scope: its usage_org_month row; a user's: a range scan of the org's days for that user
-    SELECT sum(x.tokens) AS tokens, sum(x.cost) AS cost, sum(x.ui) AS ui, sum(x.uo) AS uo
-    FROM (
-        SELECT m.input_tokens + m.output_tokens AS tokens, m.cost,
-               m.unpriced_input_tokens AS ui, m.unpriced_output_tokens AS uo
-        FROM usage_org_month m
-        WHERE s.user_id IS NULL AND m.org_id = s.org_id AND m.month = s.month
-        UNION ALL
-        SELECT d.input_tokens + d.output_tokens, d.cost, d.unpriced_input_tokens, d.unpriced_output_tokens
-        FROM usage_daily d
-        WHERE s.user_id IS NOT NULL AND d.org_id = s.org_id AND d.user_id = s.user_id
-          AND d.day >= s.month AND d.day < (s.month + interval '1 month')::date
-    ) x
-) u
+CROSS JOIN LATERAL quota_scope_usage(s.org_id, s.month, s.user_id)
+    AS u (tokens, cost, ui, uo)
 LEFT JOIN orgs o ON o.org_id = s.org_id
 CROSS JOIN LATERAL quota_unpriced_rate(COALESCE(o.currency, 'USD'), s.org_id) r
 ORDER BY s.org_id, s.month;
