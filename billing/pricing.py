@@ -48,10 +48,9 @@ def _table(name: str) -> sql.Identifier:
     return sql.Identifier(*name.split("."))
 
 
-def _statement(block: str, table: str, **names: str) -> sql.Composed:
+def _statement(block: str, table: str) -> sql.Composed:
     blocks = queries("pricing")
-    idents = {k: _table(v) for k, v in names.items()}
-    return sql.SQL(blocks["cells"] + "\n" + blocks[block]).format(table=_table(table), **idents)
+    return sql.SQL(blocks["cells"] + "\n" + blocks[block]).format(table=_table(table))
 
 
 def priced_insert(keys: str, source: str, target: str, ctes: str = "") -> sql.Composed:
