@@ -43,6 +43,32 @@ LANGUAGE sql STABLE AS $$
     ) x
 $$;
 
+-- The absolute totals the quota mirror holds for the given (org, month) pairs of orgs with quotas: the
+-- org scope (user_id NULL) and each user with a quota of its own; tokens, and money = priced cost plus
+-- unpriced tokens at the conservative rate. One definition for the ingest's alerts statement and the
+-- mirror's reads (sql/queries/quotas.sql).
+CREATE FUNCTION quota_totals(p_org_ids text[], p_months date[])
+RETURNS TABLE (org_id text, month date, user_id text, tokens numeric, money numeric)
+LANGUAGE sql STABLE AS $$
+    WITH om AS (
+        SELECT DISTINCT om.org_id, om.month
+        FROM unnest(p_org_ids, p_months) AS om(org_id, month)
+        WHERE EXISTS (SELECT 1 FROM quotas q WHERE q.org_id = om.org_id)
+    ), scopes AS (
+        SELECT om.org_id, om.month, NULL::text AS user_id FROM om
+        UNION
+        SELECT om.org_id, om.month, q.user_id
+        FROM om JOIN quotas q ON q.org_id = om.org_id AND q.user_id IS NOT NULL
+    )
+    SELECT s.org_id, s.month, s.user_id, u.tokens,
+           COALESCE(u.cost, 0)
+             + (COALESCE(u.ui, 0) * r.input_per_million + COALESCE(u.uo, 0) * r.output_per_million) / 1000000
+    FROM scopes s
+    CROSS JOIN LATERAL quota_scope_usage(s.org_id, s.month, s.user_id) AS u (tokens, cost, ui, uo)
+    LEFT JOIN orgs o ON o.org_id = s.org_id
+    CROSS JOIN LATERAL quota_unpriced_rate(COALESCE(o.currency, 'USD'), s.org_id) r
+$$;
+
 ALTER TABLE usage_org_month ENABLE ROW LEVEL SECURITY;
 CREATE POLICY worker_all ON usage_org_month TO usagebill_worker USING (true) WITH CHECK (true);
 CREATE POLICY reader_own_org ON usage_org_month FOR SELECT TO usagebill_reader

@@ -62,28 +62,12 @@ FROM (
 
 -- name: record_alerts
 -- Threshold crossings of the given (org, month) pairs, recorded once each (the outbox's unique key), and
--- in the same statement the absolute totals the mirror holds for them (as mirror_totals: the org scope and
--- each user with a quota of its own; tokens, money in nano-units rounded up; `stamp` the xmax of this
--- statement's snapshot). Each scope's usage read once (`quota_scope_usage`: the org's usage_org_month
--- row, or a range scan of the org's days for a user), shared by the alerts of its token and money quotas
--- and by the mirror. `fired`: the alerts this statement recorded (the same on every row).
-WITH om AS (
-    SELECT DISTINCT om.org_id, om.month
-    FROM unnest(%(org_ids)s::text[], %(months)s::date[]) AS om(org_id, month)
-    WHERE EXISTS (SELECT 1 FROM quotas q WHERE q.org_id = om.org_id)
-), scopes AS (
-    SELECT om.org_id, om.month, NULL::text AS user_id FROM om
-    UNION
-    SELECT om.org_id, om.month, q.user_id FROM om JOIN quotas q ON q.org_id = om.org_id AND q.user_id IS NOT NULL
-), totals AS (
-    SELECT s.org_id, s.month, s.user_id, u.tokens,
-           COALESCE(u.cost, 0)
-             + (COALESCE(u.ui, 0) * r.input_per_million + COALESCE(u.uo, 0) * r.output_per_million) / 1000000 AS money
-    FROM scopes s
-    CROSS JOIN LATERAL quota_scope_usage(s.org_id, s.month, s.user_id)
-        AS u (tokens, cost, ui, uo)
-    LEFT JOIN orgs o ON o.org_id = s.org_id
-    CROSS JOIN LATERAL quota_unpriced_rate(COALESCE(o.currency, 'USD'), s.org_id) r
+-- in the same statement the absolute totals the mirror holds for them (`quota_totals`, as mirror_totals;
+-- money in nano-units rounded up; `stamp` the xmax of this statement's snapshot): each scope's usage is
+-- read once, shared by the alerts of its token and money quotas and by the mirror. `fired`: the alerts
+-- this statement recorded (the same on every row).
+WITH totals AS (
+    SELECT * FROM quota_totals(%(org_ids)s::text[], %(months)s::date[])
 ), fired AS (
     INSERT INTO alerts (org_id, user_id, quota_id, threshold, month, kind, quota_limit, used, currency)
     SELECT q.org_id, q.user_id, q.quota_id, t.threshold, tt.month, q.kind, q.quota_limit, v.used, q.currency
@@ -105,30 +89,16 @@ FROM totals tt
 ORDER BY tt.org_id, tt.month;
 
 -- name: mirror_totals
--- Absolute totals of the given (org, month) pairs for the mirror: the org scope (user_id NULL) and each
--- user that has a quota of its own; tokens and money in nano-units (rounded up: conservative). `stamp`
--- orders reads: a snapshot taken later has an xmax at least as large, so the mirror keeps the newest.
--- Each scope's usage by `quota_scope_usage` (the org's usage_org_month row, a user's days).
-WITH om AS (
-    SELECT DISTINCT om.org_id, om.month
-    FROM unnest(%(org_ids)s::text[], %(months)s::date[]) AS om(org_id, month)
-    WHERE EXISTS (SELECT 1 FROM quotas q WHERE q.org_id = om.org_id)
-), scopes AS (
-    SELECT om.org_id, om.month, NULL::text AS user_id FROM om
-    UNION
-    SELECT om.org_id, om.month, q.user_id FROM om JOIN quotas q ON q.org_id = om.org_id AND q.user_id IS NOT NULL
-)
-SELECT s.org_id, s.month, s.user_id,
-       COALESCE(u.tokens, 0)::text AS tokens,
-       ceil((COALESCE(u.cost, 0) + (COALESCE(u.ui, 0) * r.input_per_million + COALESCE(u.uo, 0) * r.output_per_million)
-             / 1000000) * 1000000000)::text AS nanos,
+-- Absolute totals of the given (org, month) pairs for the mirror (`quota_totals`): the org scope (user_id
+-- NULL) and each user that has a quota of its own; tokens and money in nano-units (rounded up:
+-- conservative). `stamp` orders reads: a snapshot taken later has an xmax at least as large, so the
+-- mirror keeps the newest.
+SELECT t.org_id, t.month, t.user_id,
+       COALESCE(t.tokens, 0)::text AS tokens,
+       ceil(t.money * 1000000000)::text AS nanos,
        pg_snapshot_xmax(pg_current_snapshot())::text AS stamp
-FROM scopes s
-CROSS JOIN LATERAL quota_scope_usage(s.org_id, s.month, s.user_id)
-    AS u (tokens, cost, ui, uo)
-LEFT JOIN orgs o ON o.org_id = s.org_id
-CROSS JOIN LATERAL quota_unpriced_rate(COALESCE(o.currency, 'USD'), s.org_id) r
-ORDER BY s.org_id, s.month;
+FROM quota_totals(%(org_ids)s::text[], %(months)s::date[]) AS t
+ORDER BY t.org_id, t.month;
 
 -- name: mirror_limits
 -- The limits the mirror holds, for the given orgs (every org with a quota when org_ids is NULL): tokens
