@@ -18,21 +18,17 @@ import json
 import os
 import pstats
 import random
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
 import naive_ingest
 import psycopg
 import redis
-from ingest_env import fresh_db, private_redis, template_db
-from rq import Queue, SimpleWorker, Worker
+from ingest_env import MODELS, event_doc, fresh_db, private_redis, start_workers, stop_workers, template_db
+from rq import Queue, SimpleWorker
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
 from rq.serializers import JSONSerializer
 
@@ -42,10 +38,7 @@ from billing.settings import Settings
 from billing.sqlfiles import queries
 from worker.jobs import enqueue_batch
 
-ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "usagebill"
-MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4", "gemini-2.5-flash"]
-START = datetime(2026, 10, 1, tzinfo=UTC)
 
 
 def make_events(n: int, *, dup_frac: float, orgs: int, users: int, seed: int = 1) -> tuple[list[str], int]:
@@ -54,26 +47,7 @@ def make_events(n: int, *, dup_frac: float, orgs: int, users: int, seed: int = 1
     distinct = int(n * (1 - dup_frac))
     texts = []
     for i in range(distinct):
-        org = rng.randrange(orgs)
-        doc = {
-            "schema_version": 1,
-            "event_id": f"ev_{seed}_{i:09d}",
-            "occurred_at": (START + timedelta(seconds=rng.randrange(30 * 86400))).isoformat(),
-            "org_id": f"org-{org}",
-            "user_id": f"user-{org}-{rng.randrange(users)}",
-            "provider": "openai",
-            "model": rng.choice(MODELS),
-            "request_type": "chat",
-            "latency_ms": rng.randrange(100, 5000),
-            "tags": {"feature": rng.choice(["chat", "search", "summarize"])},
-            "usage": {
-                "input_tokens": (inp := rng.randrange(100, 20000)),
-                "cached_input_tokens": rng.randrange(0, inp // 2),
-                "cache_write_tokens": 0,
-                "output_tokens": (out := rng.randrange(10, 2000)),
-                "reasoning_tokens": rng.randrange(0, out // 4 + 1),
-            },
-        }
+        doc = event_doc(rng, f"ev_{seed}_{i:09d}", orgs, users)
         texts.append(json.dumps(doc))
     for _ in range(n - distinct):  # re-sends land later in the stream, as a publisher retry would
         pos = rng.randrange(len(texts))
@@ -100,26 +74,6 @@ def publish(client: redis.Redis, texts: list[str], batch: int) -> int:
             jobs += 1
         pipe.execute()
     return jobs
-
-
-def start_workers(n: int, db_url: str, redis_url: str) -> list[subprocess.Popen[bytes]]:
-    env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_url, USAGEBILL_QUEUE=QUEUE, PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT) for _ in range(n)]
-    client = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + 30
-    while len(Worker.all(connection=client)) < n:
-        if time.monotonic() > deadline:
-            raise SystemExit("workers did not start")
-        time.sleep(0.05)
-    client.close()
-    return procs
-
-
-def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        p.send_signal(signal.SIGTERM)
-    for p in procs:
-        p.wait(30)
 
 
 def wait_done(client: redis.Redis, jobs: int, timeout: float = 600) -> None:
@@ -159,7 +113,7 @@ def e2e(template: str, redis_url: str, texts: list[str], distinct: int, workers:
     client.flushdb()
     with fresh_db(template) as url:
         add_rates(url)
-        procs = start_workers(workers, url, redis_url)
+        procs = start_workers(workers, url, redis_url, QUEUE)
         try:
             t0 = time.perf_counter()
             jobs = publish(client, texts, batch)
@@ -185,7 +139,7 @@ def latency(template: str, redis_url: str, rate: int, seconds: float, batch: int
     q = Queue(QUEUE, connection=client, serializer=JSONSerializer)
     with fresh_db(template) as url:
         add_rates(url)
-        procs = start_workers(workers, url, redis_url)
+        procs = start_workers(workers, url, redis_url, QUEUE)
         job_ids = []
         try:
             born, t0 = datetime.now(UTC), time.perf_counter()

@@ -23,22 +23,18 @@ import argparse
 import functools
 import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import redis
-from ingest_env import fresh_db, private_redis, template_db
-from rq import Queue, Worker
+from ingest_env import fresh_db, private_redis, start_workers, stop_workers, template_db
+from rq import Queue
 from rq.serializers import JSONSerializer
 
 from billing import alerts, ingest, quotas
@@ -49,7 +45,6 @@ from worker import jobs
 from worker import worker as proc
 from worker.jobs import enqueue_batch
 
-ROOT = Path(__file__).resolve().parents[1]
 QUEUE = "usagebill-bench-quota"
 
 
@@ -138,19 +133,6 @@ def check_reserve_vs_view(url: str, redis_url: str, n: int, orgs: int) -> None:
     )
 
 
-def start_workers(n: int, db_url: str, redis_url: str) -> list[subprocess.Popen[bytes]]:
-    env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_url, USAGEBILL_QUEUE=QUEUE, PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT) for _ in range(n)]
-    client = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + 30
-    while len(Worker.all(connection=client)) < n:
-        if time.monotonic() > deadline:
-            raise SystemExit("workers did not start")
-        time.sleep(0.05)
-    client.close()
-    return procs
-
-
 def event(org: str, tokens_in: int, when: str) -> str:
     return json.dumps(
         {
@@ -181,7 +163,7 @@ def visible_latency(
     queue = Queue(QUEUE, connection=client, serializer=JSONSerializer)
     probe_org = "org-1"
     qc = QuotaClient(redis.Redis.from_url(redis_url))
-    procs = start_workers(workers, url, redis_url)
+    procs = start_workers(workers, url, redis_url, QUEUE)
     stop = threading.Event()
     sent = [0]
 
@@ -223,10 +205,7 @@ def visible_latency(
     finally:
         stop.set()
         loader.join(10)
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(30)
+        stop_workers(procs)
     backlog = queue.count
     client.close()
     print(

@@ -24,7 +24,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from decimal import Decimal  # noqa: E402
 
+from ingest_env import START, event_doc  # noqa: E402  (bench/, beside this script)
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt  # noqa: E402
 
 import billing.ingest  # noqa: E402
@@ -40,8 +41,6 @@ from billing.ingest import Parsed, parse  # noqa: E402
 from producer.event import UsageEvent  # noqa: E402
 from tests.unit import event_v1_frozen  # noqa: E402
 
-MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4", "gemini-2.5-flash"]
-START = datetime(2026, 10, 1, tzinfo=UTC)
 NOW = START + timedelta(days=40)
 TOLERANCE = timedelta(seconds=300)
 
@@ -89,26 +88,7 @@ class _Floor(BaseModel):
 
 def valid_doc(rng: random.Random, i: int, enriched: bool) -> dict[str, Any]:
     """An event as bench_ingest.py publishes it; `enriched`: also more tags, tier, cost and a session."""
-    org = rng.randrange(50)
-    doc: dict[str, Any] = {
-        "schema_version": 1,
-        "event_id": f"ev_1_{i:09d}",
-        "occurred_at": (START + timedelta(seconds=rng.randrange(30 * 86400))).isoformat(),
-        "org_id": f"org-{org}",
-        "user_id": f"user-{org}-{rng.randrange(200)}",
-        "provider": "openai",
-        "model": rng.choice(MODELS),
-        "request_type": "chat",
-        "latency_ms": rng.randrange(100, 5000),
-        "tags": {"feature": rng.choice(["chat", "search", "summarize"])},
-        "usage": {
-            "input_tokens": (inp := rng.randrange(100, 20000)),
-            "cached_input_tokens": rng.randrange(0, inp // 2),
-            "cache_write_tokens": 0,
-            "output_tokens": (out := rng.randrange(10, 2000)),
-            "reasoning_tokens": rng.randrange(0, out // 4 + 1),
-        },
-    }
+    doc = event_doc(rng, f"ev_1_{i:09d}", orgs=50, users=200)
     if enriched:
         doc["tags"].update({"team": f"t{rng.randrange(9)}", "env": "prod"})
         doc["session_id"] = f"sess-{rng.randrange(10**6)}"
