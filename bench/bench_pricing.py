@@ -7,7 +7,8 @@ the same events for every contender and prices them:
   * usagebill `insert_priced` (the statement the ingest runs: every row of a batch table into the next
     table with its rates resolved and its costs computed) in batches of --batch rows (the ingest shape:
     COPY into a per-session temp table, insert priced, commit; only the insert is timed) and in one
-    batch of all events;
+    batch of all events; first with the shipped list alone, then with the genai-prices catalogue imported
+    on top (thousands of rows: the per-batch rate lookup must not grow with them);
   * the same INSERT of the same rows without pricing (the rows have to move anyway): pricing's cost is
     the difference, reported as "pricing" per event, and the whole priced insert is reported too;
   * `litellm.cost_per_token` and `genai_prices.calc_price`, one call per event (installed for the
@@ -33,8 +34,9 @@ import psycopg
 
 from billing import migrate
 from billing.db import CONNECT_OPTIONS
+from billing.errors import ConfigError
 from billing.pricing import insert_priced
-from billing.rates import import_builtin
+from billing.rates import import_builtin, import_rows
 
 ADMIN_URL = os.environ.get("USAGEBILL_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -174,6 +176,26 @@ def genai_fn() -> Callable[[tuple[Any, ...]], Any] | None:
     return call
 
 
+#: the rate tables each SQL shape is timed against
+CONFIGS = {False: "the shipped public list", True: "the shipped list and the genai-prices catalogue"}
+
+
+def add_catalogue(url: str) -> bool:
+    """Import the genai-prices catalogue (in force since 2020) on top of the shipped list, as a user
+    would: rates then hold thousands of rows, of which a batch needs a handful. False when not installed."""
+    try:
+        from billing import catalog  # noqa: PLC0415 - needs the optional genai-prices package
+
+        mapped = catalog.catalog_rows(since=datetime(2020, 1, 1, tzinfo=UTC))
+    except ConfigError as exc:
+        print(f"genai-prices catalogue not measured: {exc}", file=sys.stderr)
+        return False
+    with psycopg.connect(url, autocommit=True, options=CONNECT_OPTIONS) as conn:
+        import_rows(conn, list(enumerate(mapped.rows, start=1)), where="bench", default_source="bench")
+        conn.execute("ANALYZE rates")
+    return True
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -192,22 +214,29 @@ def main() -> None:
             import_builtin(conn)
         n = len(events)
         results: dict[str, float] = {}
-        for size in (args.batch, n):
-            where = f"batches of {size}" if size < n else f"one batch of {n}"
-            runs: dict[bool, list[float]] = {True: [], False: []}
-            for _ in range(args.repeat):  # alternating, so that both shapes see the same machine
-                for priced in (False, True):
-                    spent, total, count = bench_sql(url, events, size, priced=priced)
-                    runs[priced].append(spent)
-            plain, whole = statistics.median(runs[False]), statistics.median(runs[True])
-            results[where] = whole - plain
-            print(f"insert without pricing, {where:<22} {plain / n * 1e6:9.2f} us/event")
-            print(
-                f"insert_priced, {where:<31} {whole / n * 1e6:9.2f} us/event  (runs: "
-                f"{', '.join(f'{r / n * 1e6:.2f}' for r in runs[True])}; priced {count}/{n}, total {total:.2f} USD)"
-            )
-            print(f"  pricing (the difference), {where:<20} {(whole - plain) / n * 1e6:9.2f} us/event")
-            results[f"whole insert, {where}"] = whole
+        for catalogue in (False, True):
+            if catalogue and not add_catalogue(url):
+                break
+            with psycopg.connect(url, options=CONNECT_OPTIONS) as conn:
+                count_rates = conn.execute("SELECT count(*) FROM rates").fetchone()
+            print(f"rates table: {count_rates[0] if count_rates else 0} rows ({CONFIGS[catalogue]})")
+            for size in (args.batch, n):
+                where = f"batches of {size}" if size < n else f"one batch of {n}"
+                runs: dict[bool, list[float]] = {True: [], False: []}
+                for _ in range(args.repeat):  # alternating, so that both shapes see the same machine
+                    for priced in (False, True):
+                        spent, total, count = bench_sql(url, events, size, priced=priced)
+                        runs[priced].append(spent)
+                plain, whole = statistics.median(runs[False]), statistics.median(runs[True])
+                print(f"insert without pricing, {where:<22} {plain / n * 1e6:9.2f} us/event")
+                print(
+                    f"insert_priced, {where:<31} {whole / n * 1e6:9.2f} us/event  (runs: "
+                    f"{', '.join(f'{r / n * 1e6:.2f}' for r in runs[True])}; priced {count}/{n}, total {total:.2f} USD)"
+                )
+                print(f"  pricing (the difference), {where:<20} {(whole - plain) / n * 1e6:9.2f} us/event")
+                label = f"{where}{', catalogue' if catalogue else ''}"
+                results[f"pricing in {label}"] = whole - plain
+                results[f"whole insert, {label}"] = whole
         ref = events[: args.reference_events] if args.reference_events else events
         for label, maker in (("litellm.cost_per_token", litellm_fn), ("genai_prices.calc_price", genai_fn)):
             fn = maker()
@@ -215,7 +244,7 @@ def main() -> None:
             if spent_ref is None:
                 continue
             per = spent_ref / len(ref) * 1e6
-            ratios = ", ".join(f"{per / (v / n * 1e6):.0f}x vs pricing in {k}" for k, v in results.items())
+            ratios = ", ".join(f"{per / (v / n * 1e6):.0f}x vs {k}" for k, v in results.items())
             print(f"{label:<40} {per:9.2f} us/event  over {len(ref)} events; usagebill is {ratios}")
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:

@@ -70,34 +70,41 @@ model_names AS (
     SELECT g, alias FROM models
 ),
 -- public candidates of each model (1: in force by its latest event, in the currency; 3: the tier;
--- the model exact or by prefix)
+-- the model exact or by prefix). Looked up by index per model and provider name, never by scanning the
+-- rates: a pattern's prefix is one of the model name's prefixes, so both kinds of row are found by
+-- equality on rates_lookup (provider, currency, model_prefix), however large the imported catalogue.
 pub AS (
     SELECT m.g, r.rate_id, NOT r.is_pattern AS exact, length(r.model_prefix) AS plen, r.min_input_tokens,
            r.effective_from, r.price_input, r.price_cached_input, r.price_cache_write, r.price_cache_write_1h,
            r.price_output, r.price_reasoning, r.provider = m.provider AS pexact
     FROM models AS m
     JOIN model_names AS n ON n.g = m.g
-    JOIN rates AS r
-      ON r.org_id IS NULL
-     AND r.provider = n.name
-     AND r.currency = m.currency
-     AND coalesce(r.service_tier, '') = m.tier
-     AND r.effective_from <= m.max_at
-     AND r.model_prefix = CASE WHEN r.is_pattern THEN left(m.model, length(r.model_prefix)) ELSE m.model END
+    CROSS JOIN LATERAL (
+        SELECT * FROM rates AS x
+        WHERE x.provider = n.name AND x.currency = m.currency AND x.model_prefix = m.model AND NOT x.is_pattern
+        UNION ALL
+        SELECT * FROM rates AS x
+        WHERE x.provider = n.name AND x.currency = m.currency AND x.is_pattern
+          AND x.model_prefix = ANY (ARRAY(SELECT left(m.model, k) FROM generate_series(0, length(m.model)) AS k))
+    ) AS r
+    WHERE r.org_id IS NULL
+      AND coalesce(r.service_tier, '') = m.tier
+      AND r.effective_from <= m.max_at
 ),
--- custom rows of the batch's orgs matching a key's model, in any tier (step 2 looks at all of them)
+-- custom rows of the batch's orgs matching a key's model, in any tier (step 2 looks at all of them);
+-- found by index on the org (rates_key), as the public ones by model
 cust_any AS MATERIALIZED (
     SELECT k.org_id, k.provider, k.model, k.tier, coalesce(r.service_tier, '') = k.tier AS tier_ok,
            r.rate_id, NOT r.is_pattern AS exact, length(r.model_prefix) AS plen, r.min_input_tokens,
            r.effective_from, r.price_input, r.price_cached_input, r.price_cache_write, r.price_cache_write_1h,
            r.price_output, r.price_reasoning, r.provider = k.provider AS pexact
     FROM keys AS k
-    JOIN rates AS r
-      ON r.org_id = k.org_id
-     AND r.provider IN (k.provider, k.alias)
-     AND r.currency = k.currency
-     AND r.effective_from <= k.max_at
-     AND r.model_prefix = CASE WHEN r.is_pattern THEN left(k.model, length(r.model_prefix)) ELSE k.model END
+    CROSS JOIN LATERAL (
+        SELECT * FROM rates AS x WHERE x.org_id = k.org_id AND x.provider IN (k.provider, k.alias)
+    ) AS r
+    WHERE r.currency = k.currency
+      AND r.effective_from <= k.max_at
+      AND r.model_prefix = CASE WHEN r.is_pattern THEN left(k.model, length(r.model_prefix)) ELSE k.model END
 ),
 -- 2: the keys whose org has custom rows for the model, and from when (negative ids: apart from models)
 custom_keys AS MATERIALIZED (

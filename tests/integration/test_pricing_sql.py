@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from billing.pricing import CATEGORIES, Adjustment, Rate, price_rows, rate_key_rows
+from billing.pricing import CATEGORIES, Adjustment, Rate, price_rows, priced_insert, rate_key_rows
 from tests.pricing_vectors import (
     GPT_4O,
     MISTRAL_MEDIUM,
@@ -203,3 +203,47 @@ def test_statement_count_is_constant(conn: Conn) -> None:
     assert [(c["model"], c["rate_id"], c["to_at"]) for c in cells] == [("gpt-4o", 1, None)]
     price_rows(conn, "batch")
     assert conn.execute("SELECT count(*) FROM batch WHERE rate_id = 1").fetchone() == (500,)
+
+
+def test_a_large_catalogue_is_read_by_index(conn: Conn) -> None:
+    # The genai-prices catalogue is thousands of rows (45 providers): a batch must look up its few models'
+    # candidates, exact and by prefix, through rates_lookup and rates_key, never read every rate row.
+    start = at("2024-01-01T00:00:00+00:00")
+    catalogue = [
+        Rate(10_000 + i, f"prov{i % 40}", f"model-{i}{'*' if i % 7 == 0 else ''}", start, D("1"), D("2"))
+        for i in range(4000)
+    ]
+    catalogue += [
+        Rate(20_000 + i, f"prov{i % 40}", f"model-{i}", start, D("5"), D("6"), org_id=f"org{i % 50}")
+        for i in range(300)
+    ]
+    wanted = [
+        GPT_4O,
+        Rate(2, "openai", "gpt-4*", start, D("7"), D("8")),  # a pattern among the many
+        Rate(3, "openai", "*", start, D("9"), D("9")),  # the empty prefix matches every model
+        Rate(4, "acme-cloud", "big-model", start, D("3"), D("4"), org_id="org1"),
+    ]
+    load_rates(conn, catalogue + wanted)
+    conn.execute("VACUUM ANALYZE rates")
+    events = [
+        ev("gpt-4o", "2025-02-01T00:00:00+00:00", "openai", input_tokens=1_000_000),
+        ev("gpt-4.1", "2025-02-01T00:00:00+00:00", "openai", input_tokens=1_000_000),
+        ev("o3", "2025-02-01T00:00:00+00:00", "openai", input_tokens=1_000_000),
+        dict(ev("big-model", "2025-02-01T00:00:00+00:00", "acme-cloud", input_tokens=1_000_000), org_id="org1"),
+        ev("model-3", "2025-02-01T00:00:00+00:00", "prov3", input_tokens=1_000_000),
+    ]
+    load_batch(conn, events)
+    conn.execute("ANALYZE batch")
+    plan = "\n".join(
+        r[0] for r in conn.execute(b"EXPLAIN " + priced_insert("batch", "batch", "batch").as_bytes(conn)).fetchall()
+    )
+    assert "Seq Scan on rates" not in plan, plan
+    price_rows(conn, "batch")
+    assert [(r["rate_id"], r["cost_input"]) for r in read_batch(conn)] == [
+        (1, D("2.50")),
+        (2, D("7")),
+        (3, D("9")),
+        (4, D("3")),
+        (10_003, D("1")),
+    ]
+
