@@ -9,7 +9,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from billing import db
 from billing.pricing import CATEGORIES, Adjustment, Rate, price_rows, priced_insert, rate_key_rows
+from billing.settings import Settings
 from tests.pricing_vectors import (
     GPT_4O,
     MISTRAL_MEDIUM,
@@ -247,3 +249,11 @@ def test_a_large_catalogue_is_read_by_index(conn: Conn) -> None:
         (10_003, D("1")),
     ]
 
+
+def test_sessions_run_in_utc_without_jit(settings: Settings) -> None:
+    # A large batch has no statistics (temp table) and the pricing statement is wide: with JIT on, a
+    # 100k-event batch crossed jit_optimize_above_cost and compiled for 3.2 s to run for 0.26 s.
+    with db.connect(settings) as c:
+        assert c.execute("SELECT current_setting('TimeZone'), current_setting('jit')").fetchone() == ("UTC", "off")
+    with db.make_pool(settings) as pool, pool.connection() as c:
+        assert c.execute("SELECT current_setting('TimeZone'), current_setting('jit')").fetchone() == ("UTC", "off")
