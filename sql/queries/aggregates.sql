@@ -63,13 +63,13 @@ INSERT INTO usage_daily AS t (
 SELECT e.org_id, (e.occurred_at AT TIME ZONE 'UTC')::date, coalesce(e.user_id, ''), e.provider, e.model,
        %(sign)s * count(*),
        %(sign)s * count(*) FILTER (WHERE e.rate_id IS NULL),
-       %(sign)s * sum(e.input_tokens::numeric),
-       %(sign)s * sum(e.cached_input_tokens::numeric),
-       %(sign)s * sum(e.cache_write_tokens::numeric),
-       %(sign)s * sum(e.output_tokens::numeric),
-       %(sign)s * sum(e.reasoning_tokens::numeric),
-       %(sign)s * coalesce(sum(e.input_tokens::numeric) FILTER (WHERE e.rate_id IS NULL), 0),
-       %(sign)s * coalesce(sum(e.output_tokens::numeric) FILTER (WHERE e.rate_id IS NULL), 0),
+       %(sign)s * sum(e.input_tokens),
+       %(sign)s * sum(e.cached_input_tokens),
+       %(sign)s * sum(e.cache_write_tokens),
+       %(sign)s * sum(e.output_tokens),
+       %(sign)s * sum(e.reasoning_tokens),
+       %(sign)s * coalesce(sum(e.input_tokens) FILTER (WHERE e.rate_id IS NULL), 0),
+       %(sign)s * coalesce(sum(e.output_tokens) FILTER (WHERE e.rate_id IS NULL), 0),
        %(sign)s * coalesce(sum(e.cost_total), 0)
   FROM {table} AS e
  GROUP BY 1, 2, 3, 4, 5
@@ -95,10 +95,10 @@ INSERT INTO usage_org_month AS t (
 SELECT e.org_id, date_trunc('month', e.occurred_at AT TIME ZONE 'UTC')::date,
        %(sign)s * count(*),
        %(sign)s * count(*) FILTER (WHERE e.rate_id IS NULL),
-       %(sign)s * sum(e.input_tokens::numeric),
-       %(sign)s * sum(e.output_tokens::numeric),
-       %(sign)s * coalesce(sum(e.input_tokens::numeric) FILTER (WHERE e.rate_id IS NULL), 0),
-       %(sign)s * coalesce(sum(e.output_tokens::numeric) FILTER (WHERE e.rate_id IS NULL), 0),
+       %(sign)s * sum(e.input_tokens),
+       %(sign)s * sum(e.output_tokens),
+       %(sign)s * coalesce(sum(e.input_tokens) FILTER (WHERE e.rate_id IS NULL), 0),
+       %(sign)s * coalesce(sum(e.output_tokens) FILTER (WHERE e.rate_id IS NULL), 0),
        %(sign)s * coalesce(sum(e.cost_total), 0)
   FROM {table} AS e
  GROUP BY 1, 2

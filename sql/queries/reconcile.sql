@@ -8,11 +8,11 @@ WITH ev AS (
     SELECT org_id, usage_month AS month,
            count(*)::numeric                                  AS events,
            count(*) FILTER (WHERE rate_id IS NULL)::numeric  AS unpriced_events,
-           sum(input_tokens::numeric)                         AS input_tokens,
-           sum(cached_input_tokens::numeric)                  AS cached_input_tokens,
-           sum(cache_write_tokens::numeric)                   AS cache_write_tokens,
-           sum(output_tokens::numeric)                        AS output_tokens,
-           sum(reasoning_tokens::numeric)                     AS reasoning_tokens,
+           sum(input_tokens)                         AS input_tokens,
+           sum(cached_input_tokens)                  AS cached_input_tokens,
+           sum(cache_write_tokens)                   AS cache_write_tokens,
+           sum(output_tokens)                        AS output_tokens,
+           sum(reasoning_tokens)                     AS reasoning_tokens,
            coalesce(sum(cost_total), 0)                       AS cost
       FROM events
      WHERE %(month)s::date IS NULL OR usage_month = %(month)s::date
@@ -48,10 +48,10 @@ WITH ev AS (
     SELECT org_id, date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date AS month,
            count(*)::numeric                                                    AS events,
            count(*) FILTER (WHERE rate_id IS NULL)::numeric                    AS unpriced_events,
-           sum(input_tokens::numeric)                                           AS input_tokens,
-           sum(output_tokens::numeric)                                          AS output_tokens,
-           coalesce(sum(input_tokens::numeric) FILTER (WHERE rate_id IS NULL), 0)  AS unpriced_input_tokens,
-           coalesce(sum(output_tokens::numeric) FILTER (WHERE rate_id IS NULL), 0) AS unpriced_output_tokens,
+           sum(input_tokens)                                           AS input_tokens,
+           sum(output_tokens)                                          AS output_tokens,
+           coalesce(sum(input_tokens) FILTER (WHERE rate_id IS NULL), 0)  AS unpriced_input_tokens,
+           coalesce(sum(output_tokens) FILTER (WHERE rate_id IS NULL), 0) AS unpriced_output_tokens,
            coalesce(sum(cost_total), 0)                                         AS cost
       FROM events
      WHERE %(month)s::date IS NULL OR usage_month = %(month)s::date
