@@ -136,7 +136,37 @@ def queue_names(client: redis.Redis, settings: Settings, requested: Sequence[str
 
 
 def queues(client: redis.Redis, names: Sequence[str]) -> list[Queue]:
-    return [Queue(name, connection=client, serializer=JSONSerializer) for name in names]
+    return [Queue(name, connection=client, serializer=JSONSerializer, job_class=IngestJob) for name in names]
+
+
+class IngestJob(Job):
+    """An rq Job that saves its payload as the compressed bytes it was loaded with.
+
+    rq saves the whole job hash when a job finishes and compresses the payload again each time: for a
+    1000-event batch (~0.6 MB of JSON) that was ~3.5 ms of zlib per job, 5% of the job. The payload of a
+    loaded job never changes (rq only replaces it through the setters, which this check sees), so the
+    bytes read from Redis are written back as they are.
+    """
+
+    _packed: tuple[bytes, bytes] | None = None  # (payload as loaded, its compressed form in Redis)
+
+    def restore(self, raw_data: dict[bytes, bytes]) -> None:
+        super().restore(raw_data)
+        packed = raw_data.get(b"data")
+        data = self._data
+        self._packed = (data, packed) if isinstance(data, bytes) and packed is not None and packed != data else None
+
+    def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
+        packed = self._packed
+        if packed is None or self._data is not packed[0]:
+            return super().to_dict(include_meta=include_meta, include_result=include_result)
+        data, self._data = self._data, b""  # rq compresses self.data: give it nothing to compress
+        try:
+            obj = super().to_dict(include_meta=include_meta, include_result=include_result)
+        finally:
+            self._data = data
+        obj["data"] = packed[1]
+        return obj
 
 
 class UsagebillWorker(SimpleWorker):
@@ -157,6 +187,7 @@ def make_worker(client: redis.Redis, names: Sequence[str]) -> UsagebillWorker:
         queues(client, names),
         connection=client,
         serializer=JSONSerializer,
+        job_class=IngestJob,
         maintenance_interval=MAINTENANCE_INTERVAL,
         worker_ttl=WORKER_TTL,
         default_result_ttl=jobspec.RESULT_TTL,

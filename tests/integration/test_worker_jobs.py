@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 import redis
+import rq.job
 from rq import Queue
 from rq.job import Job
 from rq.registry import FailedJobRegistry
@@ -147,3 +149,34 @@ def test_redis_checks_and_queue_discovery(res: proc.Resources, rconn: redis.Redi
     enqueue_batch(Queue("other", connection=res.redis, serializer=JSONSerializer), [])
     assert proc.queue_names(res.redis, res.settings) == ["usagebill", "usagebill-orgs-1"]
     assert proc.queue_names(res.redis, res.settings, ["x", "x"]) == ["x"]
+
+
+def test_a_finished_job_is_saved_without_compressing_its_payload_again(
+    res: proc.Resources, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = [event(f"z{i}", input_tokens=100 + i) for i in range(200)]
+    job = enqueue_batch(_queue(res), [text(d) for d in docs])
+    stored = res.redis.hget(job.key, "data")
+    assert stored is not None
+    payload = zlib.decompress(stored)
+    sizes: list[int] = []
+    real = rq.job.zlib.compress
+
+    def counted(data: bytes, *args: Any) -> bytes:
+        sizes.append(len(data))
+        return real(data, *args)
+
+    monkeypatch.setattr(rq.job.zlib, "compress", counted)
+    _drain(res)
+    monkeypatch.undo()
+    assert max(sizes, default=0) < len(payload) // 10  # rq saved the job; the payload was not compressed again
+    assert res.redis.hget(job.key, "data") == stored
+    done = Job.fetch(job.id, connection=res.redis, serializer=JSONSerializer)
+    assert done.get_status() == "finished" and list(done.args) == [[text(d) for d in docs]]
+    assert done.return_value()["inserted"] == 200
+    assert_consistent(conn, docs)
+    # a loaded job whose payload is then changed is saved with the new payload
+    changed = proc.IngestJob.fetch(job.id, connection=res.redis, serializer=JSONSerializer)
+    assert len(changed.args[0]) == 200  # read, as rq does before it runs a job
+    changed.args = (["x"],)
+    assert JSONSerializer.loads(zlib.decompress(changed.to_dict()["data"]))[2] == [["x"]]
