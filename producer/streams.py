@@ -102,6 +102,8 @@ def chunk_text(chunk: Any) -> str:
             chunk = json.loads(chunk)
         except ValueError:
             return ""
+    else:
+        chunk = unwrap(chunk)
     kind = _get(chunk, "type")
     if kind is None:  # an OpenAI chat chunk, or a native shape (no choices)
         parts: list[str] = []
@@ -252,7 +254,7 @@ class _Call:
         try:
             if self.acc is None:
                 self.acc = _accumulator(self.provider)
-            self.acc.add(chunk)
+            self.acc.add(unwrap(chunk))
         except Exception:
             logger.exception("usagebill: could not read usage from a %s chunk", self.provider)
 
@@ -413,7 +415,21 @@ def _wants(chunk: Any, call: _Call) -> bool:
         return _chat_object_has_usage(chunk)
     # other SDKs' objects: google-genai's cumulative usage_metadata on every chunk, the ollama library's
     # counts on its done object, ...: without this only the first chunk's (partial) usage would be read
-    return any(getattr(chunk, key, None) is not None for key in OTHER_USAGE_KEYS)
+    if any(getattr(chunk, key, None) is not None for key in OTHER_USAGE_KEYS):
+        return True
+    inner = unwrap(chunk)
+    return inner is not chunk and _wants(inner, call)
+
+
+def unwrap(chunk: Any) -> Any:
+    """The chunk inside an SDK event that wraps one, else the chunk itself: the mistralai SDK's streams
+    yield `CompletionEvent(data=CompletionChunk)`, whose usage (on the finish chunk) sits one level down."""
+    if isinstance(chunk, Mapping | str | bytes) or getattr(chunk, "type", None) is not None:
+        return chunk
+    data = getattr(chunk, "data", None)
+    if data is not None and (getattr(data, "choices", None) is not None or getattr(data, "usage", None) is not None):
+        return data
+    return chunk
 
 
 def _chat_wants(chunk: Any, call: _Call) -> bool:

@@ -894,6 +894,46 @@ def test_other_sdks_pydantic_models_with_extras() -> None:
     assert counts(extract_usage(response, "mistral")) == E(268, 224, 0, 5, 0)
 
 
+def test_mistralai_stream_events_are_unwrapped() -> None:
+    # rule: usage on the finish chunk (Mistral), read through the mistralai SDK's stream events, which wrap
+    # each chunk as CompletionEvent(data=CompletionChunk): the wrapper alone carries no usage and no text
+    models = pytest.importorskip("mistralai.models")
+    raw = [  # the corpus's mistral/chat_stream_usage_on_finish_chunk.json, its middle chunks left out
+        {"role": "assistant", "content": ""},
+        {"content": "Okay, the answer is 4."},
+    ]
+    chunks = [
+        {
+            "id": "9f9d",
+            "object": "chat.completion.chunk",
+            "created": 1764296393,
+            "model": "magistral-medium-latest",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+        }
+        for delta in raw
+    ]
+    chunks.append(
+        {
+            "id": "9f9d",
+            "object": "chat.completion.chunk",
+            "created": 1764296393,
+            "model": "magistral-medium-latest",
+            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "total_tokens": 242, "completion_tokens": 232},
+        }
+    )
+    events = [models.CompletionEvent(data=models.CompletionChunk.model_validate(c)) for c in chunks]
+    out = Events()
+    seen = list(producer.track_stream(iter(events), provider="mistral", org_id="o", publish=out, request=REQUEST))
+    assert seen == events  # the app gets the SDK's own objects
+    assert event_counts(out[0]) == E(10, 0, 0, 232, 0)
+    assert (out[0].model, out[0].estimated, out[0].status) == ("magistral-medium-latest", False, "ok")
+    # without the usage (a cut stream), the estimate counts the text inside the wrappers
+    cut = Events()
+    list(producer.track_stream(iter(events[:2]), provider="mistral", org_id="o", publish=cut, request=REQUEST))
+    assert cut[0].estimated and cut[0].usage.output_tokens > 0
+
+
 # --- SDK objects of the OpenAI library --------------------------------------------------------------
 
 
