@@ -21,6 +21,7 @@ import random
 import statistics
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -254,7 +255,7 @@ def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -
             names[text.replace("{table}", '"ingest_new"')] = name
     context: list[str] = []
     real_exec = psycopg.Cursor.execute
-    real_parse = billing.ingest.parse
+    real_validated = billing.ingest.validated
 
     def timed_exec(self: psycopg.Cursor[Any], q: Any, params: Any = None, **kw: Any) -> Any:
         text = q.as_string(self.connection) if isinstance(q, psycopg.sql.Composable) else str(q)
@@ -265,12 +266,18 @@ def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -
         finally:
             timings[name] += time.perf_counter() - t
 
-    def timed_parse(*args: Any, **kwargs: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return real_parse(*args, **kwargs)
-        finally:
-            timings["validate (Python)"] += time.perf_counter() - t
+    def timed_validated(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        # validation runs inside the COPY (it feeds it): the time spent producing each row
+        rows = real_validated(*args, **kwargs)
+        while True:
+            t = time.perf_counter()
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            finally:
+                timings["validate (Python)"] += time.perf_counter() - t
+            yield row
 
     prof = cProfile.Profile()
     try:
@@ -282,7 +289,7 @@ def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -
                 if claim is not None:
                     names[claim().as_string(conn).strip()] = "claim + expand + price"
                 psycopg.Cursor.execute = timed_exec  # type: ignore[method-assign]
-                billing.ingest.parse = timed_parse  # type: ignore[assignment]
+                billing.ingest.validated = timed_validated  # type: ignore[assignment]
                 backend = conn.info.backend_pid
                 t0, c0, b0 = time.perf_counter(), time.process_time(), backend_cpu(backend)
                 if profile:
@@ -300,7 +307,7 @@ def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -
                 psycopg.Cursor.execute = real_exec  # type: ignore[method-assign]
     finally:
         psycopg.Cursor.execute = real_exec  # type: ignore[method-assign]
-        billing.ingest.parse = real_parse  # type: ignore[assignment]
+        billing.ingest.validated = real_validated  # type: ignore[assignment]
     named = sum(v for k, v in timings.items() if k != "whole batch" and not k.startswith("CPU"))
     timings["COPY, commit, glue"] = timings["whole batch"] - named
     out = io.StringIO()

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -56,12 +56,16 @@ class Rejection:
     org_id: str | None = None
 
 
+#: one COPY row of ingest_stage: position, event_id, occurred_at, hash, canonical JSON, extra JSON, then
+#: the keys pricing resolves rates for: org_id, provider, model, service_tier
+Row = tuple[int, str, datetime, bytes, str, str | None, str, str, str, str | None]
+
+
 @dataclass(frozen=True)
 class Parsed:
-    """A batch after validation: COPY rows (position, event_id, occurred_at, hash, canonical JSON, extra
-    JSON, then the keys pricing resolves rates for: org_id, provider, model, service_tier) and rejections."""
+    """A batch after validation: its COPY rows and its rejections."""
 
-    rows: list[tuple[int, str, datetime, bytes, str, str | None, str, str, str, str | None]]
+    rows: list[Row]
     rejected: list[Rejection]
 
 
@@ -98,14 +102,22 @@ def test_pause(step: str) -> None:
 
 
 def parse(events: Sequence[Any], *, now: datetime, future_tolerance: timedelta) -> Parsed:
-    """Validate each event (wire format v1); the valid ones become COPY rows, the others rejections.
+    """Validate each event (wire format v1); the valid ones become COPY rows, the others rejections."""
+    rejected: list[Rejection] = []
+    rows = list(validated(events, now=now, future_tolerance=future_tolerance, rejected=rejected))
+    return Parsed(rows, rejected)
+
+
+def validated(
+    events: Sequence[Any], *, now: datetime, future_tolerance: timedelta, rejected: list[Rejection]
+) -> Iterator[Row]:
+    """Yield the COPY row of each valid event (wire format v1), in order; append a rejection to
+    `rejected` for each invalid one.
 
     The canonical form is the validated event dumped as sorted JSON (`UsageEvent.canonical()`); its
     sha256 is the conflict hash. Events more than `future_tolerance` ahead of `now` are rejected.
     """
     limit = now + future_tolerance
-    rows: list[tuple[int, str, datetime, bytes, str, str | None, str, str, str, str | None]] = []
-    rejected: list[Rejection] = []
     validate = _Incoming.model_validate_json
     # the serializer itself (what model_dump_json wraps): the same bytes, without the wrapper's cost
     serialize = _Incoming.__pydantic_serializer__.to_json
@@ -136,23 +148,18 @@ def parse(events: Sequence[Any], *, now: datetime, future_tolerance: timedelta) 
         else:
             raw = serialize(event)
             extra_json = None
-        canonical = raw.decode()
-        digest = hashlib.sha256(raw).digest()
-        rows.append(
-            (
-                pos,
-                event.event_id,
-                event.occurred_at,
-                digest,
-                canonical,
-                extra_json,
-                event.org_id,
-                event.provider,
-                event.model,
-                event.service_tier,
-            )
+        yield (
+            pos,
+            event.event_id,
+            event.occurred_at,
+            hashlib.sha256(raw).digest(),
+            raw.decode(),
+            extra_json,
+            event.org_id,
+            event.provider,
+            event.model,
+            event.service_tier,
         )
-    return Parsed(rows, rejected)
 
 
 def ingest_batch(
@@ -165,11 +172,10 @@ def ingest_batch(
     event_id with another payload is recorded in event_conflicts and never counted. Database errors
     propagate (the caller decides: retry when transient, split the batch when not).
     """
-    parsed = parse(events, now=datetime.now(UTC), future_tolerance=timedelta(seconds=settings.future_tolerance_seconds))
     test_pause("before_tx")
     fresh = conn not in _staged
     try:
-        result = _transaction(conn, parsed, len(events), fresh=fresh, job_id=job_id)
+        result = _transaction(conn, events, settings, fresh=fresh, job_id=job_id)
     except psycopg.errors.UndefinedTable as exc:
         _staged.discard(conn)
         if "ingest_stage" in str(exc) or "ingest_new" in str(exc):
@@ -182,19 +188,29 @@ def ingest_batch(
 
 
 def _transaction(
-    conn: psycopg.Connection[Any], parsed: Parsed, received: int, *, fresh: bool, job_id: str | None
+    conn: psycopg.Connection[Any], events: Sequence[Any], settings: Settings, *, fresh: bool, job_id: str | None
 ) -> IngestResult:
+    rejected: list[Rejection] = []
+    staged = inserted = conflicts = 0
+    summary: list[tuple[str, date, int]] = []
+    reservations: list[str] = []
     with conn.transaction():
         if fresh:
             conn.execute(query("ingest", "create_stage"))
-        inserted = conflicts = 0
-        summary: list[tuple[str, date, int]] = []
-        reservations: list[str] = []
-        if parsed.rows:
-            with conn.cursor() as cur:
-                with cur.copy(query("ingest", "copy_stage")) as copy:
-                    for row in parsed.rows:
-                        copy.write_row(row)
+        with conn.cursor() as cur:
+            # validation feeds the COPY as it goes: the server parses and stores one part of the batch (the
+            # COPY sends every ~32 kB) while this process validates the next, on the other core
+            rows = validated(
+                events,
+                now=datetime.now(UTC),
+                future_tolerance=timedelta(seconds=settings.future_tolerance_seconds),
+                rejected=rejected,
+            )
+            with cur.copy(query("ingest", "copy_stage")) as copy:
+                for row in rows:
+                    copy.write_row(row)
+                    staged += 1
+            if staged:
                 routes = cur.execute(query("ingest", "route_months")).fetchall()
                 cur.execute(
                     _claim_and_price(),
@@ -207,12 +223,12 @@ def _transaction(
                     aggregates.add(conn, "ingest_new")
                     summary = [(str(o), m, int(n)) for o, m, n in cur.execute(query("ingest", "new_summary"))]
                     reservations = [str(r) for (r,) in cur.execute(query("ingest", "new_reservations"))]
-                if inserted < len(parsed.rows):
+                if inserted < staged:
                     # a staged copy can only conflict when its key was already taken (by an earlier
                     # batch or an earlier copy in this one): a batch of only new keys skips the lookups
                     conflicts = int(_scalar(cur.execute(query("ingest", "record_conflicts")).fetchone()))
-        if parsed.rejected:
-            park(conn, parsed.rejected, job_id=job_id)
+        if rejected:
+            park(conn, rejected, job_id=job_id)
         org_months = [(o, m) for o, m, _ in summary]
         if org_months:
             hook = quota_hook("record_alerts")
@@ -220,11 +236,11 @@ def _transaction(
                 hook(conn, org_months)
         test_pause("in_tx")
     return IngestResult(
-        received=received,
+        received=len(events),
         inserted=inserted,
-        duplicates=len(parsed.rows) - inserted - conflicts,
+        duplicates=staged - inserted - conflicts,
         conflicts=conflicts,
-        rejected=len(parsed.rejected),
+        rejected=len(rejected),
         unpriced=sum(n for _, _, n in summary),
         org_months=org_months,
         reservation_ids=reservations,
