@@ -198,8 +198,9 @@ def _transaction(
         if fresh:
             conn.execute(query("ingest", "create_stage"))
         with conn.cursor() as cur:
-            # validation feeds the COPY as it goes: the server parses and stores one part of the batch (the
-            # COPY sends every ~32 kB) while this process validates the next, on the other core
+            # validation feeds the COPY as it goes: psycopg hands the rows to libpq every ~32 kB and libpq
+            # sends them on, so the server parses and stores one part of the batch while this process
+            # validates the next, on the other core
             rows = validated(
                 events,
                 now=datetime.now(UTC),

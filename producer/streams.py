@@ -426,7 +426,9 @@ def unwrap(chunk: Any) -> Any:
     yield `CompletionEvent(data=CompletionChunk)`, whose usage (on the finish chunk) sits one level down."""
     if isinstance(chunk, Mapping | str | bytes) or getattr(chunk, "type", None) is not None:
         return chunk
-    data = getattr(chunk, "data", None)
+    # a stored field only (pydantic models and plain objects keep theirs in __dict__): a `data` property
+    # may compute something (google-genai's LiveServerMessage.data joins every audio part and warns)
+    data = getattr(chunk, "__dict__", {}).get("data")
     if data is not None and (getattr(data, "choices", None) is not None or getattr(data, "usage", None) is not None):
         return data
     return chunk

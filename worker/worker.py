@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import socket
@@ -160,11 +161,11 @@ class IngestJob(Job):
         packed = self._packed
         if packed is None or self._data is not packed[0]:
             return super().to_dict(include_meta=include_meta, include_result=include_result)
-        data, self._data = self._data, b""  # rq compresses self.data: give it nothing to compress
-        try:
-            obj = super().to_dict(include_meta=include_meta, include_result=include_result)
-        finally:
-            self._data = data
+        # rq compresses self.data: a shallow copy with no payload gives it nothing to compress, and this
+        # job is never left without its payload, whichever thread looks at it meanwhile
+        bare = copy.copy(self)
+        bare._data = b""
+        obj = Job.to_dict(bare, include_meta=include_meta, include_result=include_result)
         obj["data"] = packed[1]
         return obj
 

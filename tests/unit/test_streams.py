@@ -13,6 +13,7 @@ import json
 import threading
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import anthropic
@@ -21,7 +22,7 @@ import openai
 import pytest
 
 import producer
-from producer import tokens
+from producer import streams, tokens
 from producer.errors import InvalidEventError
 from producer.event import UsageEvent
 from worker.fakellm import DEFAULT_MODELS, FakeLLM
@@ -554,3 +555,25 @@ def test_an_openai_client_is_attributed_to_the_provider_its_base_url_serves(base
     client = openai.OpenAI(base_url=base_url, api_key="test")
     assert producer.instrument(client, org_id="acme")._provider == provider
     client.close()
+
+
+def test_unwrap_reads_a_stored_data_field_only() -> None:
+    # mistralai's CompletionEvent keeps the chunk in a field; a `data` property is never evaluated
+    # (google-genai's LiveServerMessage.data joins every inline audio part and logs a warning)
+    class Wrapper:
+        def __init__(self, data: Any) -> None:
+            self.data = data
+
+    class Computed:
+        @property
+        def data(self) -> Any:
+            raise AssertionError("a data property was evaluated")
+
+    chunk = SimpleNamespace(choices=[], usage=None, model="m")
+    assert streams.unwrap(Wrapper(chunk)) is chunk
+    computed = Computed()
+    assert streams.unwrap(computed) is computed
+    text_event = Wrapper('{"choices": []}')  # an SSE event whose data is the JSON text: left as it is
+    assert streams.unwrap(text_event) is text_event
+    typed = SimpleNamespace(type="response.completed", data=chunk)
+    assert streams.unwrap(typed) is typed
