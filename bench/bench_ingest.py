@@ -252,7 +252,7 @@ def aggregate_cost(template: str, texts: list[str], batch: int, profile: bool) -
     names: dict[str, str] = {}
     for area in ("ingest", "aggregates"):
         for name, text in queries(area).items():
-            names[text.replace("{table}", '"ingest_new"')] = name
+            names[text.replace("{table}", '"ingest_new"').replace("{n}", "count(*)").replace("{w}", "")] = name
     context: list[str] = []
     real_exec = psycopg.Cursor.execute
     real_validated = billing.ingest.validated

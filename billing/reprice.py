@@ -84,8 +84,8 @@ def reprice(conn: psycopg.Connection[Any], *, month: date | None = None, dry_run
         summary = conn.execute(query("invoices", "reprice_summary")).fetchone()
         assert summary is not None
         if current and not dry_run:
-            # old pricing out, new pricing in (usage_daily moves unpriced tokens to priced cost)
-            aggregates.add(conn, "reprice_old", -1)
-            aggregates.add(conn, "reprice_new", 1)
+            # old pricing out, new pricing in, one statement per table (usage_daily moves unpriced tokens
+            # to priced cost)
+            aggregates.move(conn, "reprice_old", "reprice_new")
             conn.execute(query("invoices", "reprice_apply"))
     return RepriceResult(int(summary[0]), int(summary[1]), lines, applied=bool(current) and not dry_run)

@@ -203,12 +203,17 @@ def test_rerating_while_ingesting_keeps_the_aggregates_exact(conn: psycopg.Conne
 
         retrying(once)
 
+    deadlocks = "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+    before = conn.execute(deadlocks).fetchone()
     threads = [threading.Thread(target=ingest_more, args=(w,)) for w in range(3)] + [threading.Thread(target=rerate)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
     assert not errors
+    # the re-rate moves aggregate rows in the ingest's lock order (one statement per table): no deadlock
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    assert conn.execute(deadlocks).fetchone() == before
     rerate()  # whatever raced with the first re-rate is at the new price now
     assert not errors
     # every event at the corrected rate, and the aggregates equal the events, to the last digit

@@ -25,7 +25,7 @@ from worker import observability, scheduler
 from worker.context import log, settings_from
 from worker.invoicing import close
 
-#: attempts of a reprice aborted by a transient database error (deadlock with an ingest, failover)
+#: attempts of a reprice aborted by a transient database error (failover, restart, serialization failure)
 REPRICE_ATTEMPTS = 3
 
 invoice_app = typer.Typer(help="Close months and export invoices.", no_args_is_help=True)
@@ -142,8 +142,8 @@ def reprice_command(
 
 
 def _reprice_with_retries(settings: Settings, month: date | None, dry_run: bool) -> RepriceResult:
-    # reprice takes old-price then new-price aggregate rows in two statements; a concurrent ingest may
-    # take them in the other order, and Postgres then aborts one of the two (deadlock): run it again
+    # a transient failure (failover, restart) aborts the whole reprice: run it again (it moves aggregate
+    # rows in the ingest's lock order, so a concurrent ingest does not deadlock it)
     with translated(settings):  # the last failure, if any, leaves as a one-line DatabaseUnavailable
         for attempt in range(1, REPRICE_ATTEMPTS):
             try:
