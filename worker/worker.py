@@ -155,7 +155,8 @@ class IngestJob(Job):
         super().restore(raw_data)
         packed = raw_data.get(b"data")
         data = self._data
-        self._packed = (data, packed) if isinstance(data, bytes) and packed is not None and packed != data else None
+        # rq keeps a payload it cannot decompress as it was read: the same object, nothing to reuse
+        self._packed = (data, packed) if isinstance(data, bytes) and packed is not None and packed is not data else None
 
     def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
         packed = self._packed
