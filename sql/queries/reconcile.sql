@@ -6,14 +6,14 @@
 -- usage_daily holds every event (priced or not) per UTC day; compare per org and month.
 WITH ev AS (
     SELECT org_id, usage_month AS month,
-           count(*)::numeric                                  AS events,
-           count(*) FILTER (WHERE rate_id IS NULL)::numeric  AS unpriced_events,
-           sum(input_tokens)                         AS input_tokens,
-           sum(cached_input_tokens)                  AS cached_input_tokens,
-           sum(cache_write_tokens)                   AS cache_write_tokens,
-           sum(output_tokens)                        AS output_tokens,
-           sum(reasoning_tokens)                     AS reasoning_tokens,
-           coalesce(sum(cost_total), 0)                       AS cost
+           count(*)::numeric                                AS events,
+           count(*) FILTER (WHERE rate_id IS NULL)::numeric AS unpriced_events,
+           sum(input_tokens)                                AS input_tokens,
+           sum(cached_input_tokens)                         AS cached_input_tokens,
+           sum(cache_write_tokens)                          AS cache_write_tokens,
+           sum(output_tokens)                               AS output_tokens,
+           sum(reasoning_tokens)                            AS reasoning_tokens,
+           coalesce(sum(cost_total), 0)                     AS cost
       FROM events
      WHERE %(month)s::date IS NULL OR usage_month = %(month)s::date
      GROUP BY 1, 2
@@ -46,13 +46,13 @@ SELECT coalesce(ev.org_id, ag.org_id), coalesce(ev.month, ag.month), 'usage_dail
 -- usage_org_month holds every event (priced or not) per org and UTC month: what quota checks read.
 WITH ev AS (
     SELECT org_id, date_trunc('month', occurred_at AT TIME ZONE 'UTC')::date AS month,
-           count(*)::numeric                                                    AS events,
-           count(*) FILTER (WHERE rate_id IS NULL)::numeric                    AS unpriced_events,
-           sum(input_tokens)                                           AS input_tokens,
-           sum(output_tokens)                                          AS output_tokens,
+           count(*)::numeric                                              AS events,
+           count(*) FILTER (WHERE rate_id IS NULL)::numeric               AS unpriced_events,
+           sum(input_tokens)                                              AS input_tokens,
+           sum(output_tokens)                                             AS output_tokens,
            coalesce(sum(input_tokens) FILTER (WHERE rate_id IS NULL), 0)  AS unpriced_input_tokens,
            coalesce(sum(output_tokens) FILTER (WHERE rate_id IS NULL), 0) AS unpriced_output_tokens,
-           coalesce(sum(cost_total), 0)                                         AS cost
+           coalesce(sum(cost_total), 0)                                   AS cost
       FROM events
      WHERE %(month)s::date IS NULL OR usage_month = %(month)s::date
      GROUP BY 1, 2
