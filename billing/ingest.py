@@ -10,7 +10,7 @@ import os
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -56,9 +56,9 @@ class Rejection:
     org_id: str | None = None
 
 
-#: one COPY row of ingest_stage: position, event_id, occurred_at, hash, canonical JSON, extra JSON, then
-#: the keys pricing resolves rates for: org_id, provider, model, service_tier
-Row = tuple[int, str, datetime, bytes, str, str | None, str, str, str, str | None]
+#: a valid event: its position in the batch, occurred_at (for the clock's check) and its COPY text line of
+#: ingest_stage (`_copy_line`: every validated field typed, its hash and canonical JSON)
+Row = tuple[int, datetime, str]
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,28 @@ def parse(events: Sequence[Any], *, now: datetime, future_tolerance: timedelta) 
     return Parsed(rows, rejected)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A batch validated ahead of its transaction (the worker's look-ahead, worker/prefetch.py): its COPY
+    rows, all their lines as one block, the latest occurred_at, and the rejections, for exactly `events`.
+    The future check is not applied yet: it depends on the server clock when the batch runs
+    (`ingest_batch` applies it)."""
+
+    events: Sequence[Any]
+    rows: list[Row]
+    block: str
+    latest: datetime | None
+    rejected: list[Rejection]
+
+
+def prepare(events: Sequence[Any]) -> Prepared:
+    """Validate `events` now, for a transaction that runs later (see Prepared)."""
+    rejected: list[Rejection] = []
+    rows = list(_checked(events, rejected))
+    latest = max((r[1] for r in rows), default=None)
+    return Prepared(events, rows, "".join(r[2] for r in rows), latest, rejected)
+
+
 def validated(
     events: Sequence[Any], *, now: datetime, future_tolerance: timedelta, rejected: list[Rejection]
 ) -> Iterator[Row]:
@@ -117,7 +139,37 @@ def validated(
     The canonical form is the validated event dumped as sorted JSON (`UsageEvent.canonical()`); its
     sha256 is the conflict hash. Events more than `future_tolerance` ahead of `now` are rejected.
     """
+    return _in_time(_checked(events, rejected), events, now=now, future_tolerance=future_tolerance, rejected=rejected)
+
+
+def _in_time(
+    rows: Iterable[Row],
+    events: Sequence[Any],
+    *,
+    now: datetime,
+    future_tolerance: timedelta,
+    rejected: list[Rejection],
+) -> Iterator[Row]:
+    # the future check: an event more than future_tolerance ahead of the server clock is rejected
     limit = now + future_tolerance
+    for row in rows:
+        occurred_at = row[1]
+        if occurred_at > limit:
+            pos = row[0]
+            rejected.append(
+                _reject(
+                    pos,
+                    _as_text(events[pos]),
+                    f"occurred_at: {occurred_at.isoformat()} is more than "
+                    f"{int(future_tolerance.total_seconds())} s ahead of the server clock",
+                )
+            )
+            continue
+        yield row
+
+
+def _checked(events: Sequence[Any], rejected: list[Rejection]) -> Iterator[Row]:
+    # validation and canonical form of each event, without the clock's check (see validated)
     validate = _Incoming.model_validate_json
     # the serializer itself (what model_dump_json wraps): the same bytes, without the wrapper's cost
     serialize = _Incoming.__pydantic_serializer__.to_json
@@ -131,16 +183,6 @@ def validated(
         except ValidationError as exc:
             rejected.append(_reject(pos, text, _reason(exc)))
             continue
-        if event.occurred_at > limit:
-            rejected.append(
-                _reject(
-                    pos,
-                    text,
-                    f"occurred_at: {event.occurred_at.isoformat()} is more than "
-                    f"{int(future_tolerance.total_seconds())} s ahead of the server clock",
-                )
-            )
-            continue
         extra = event.model_extra
         if extra:
             raw = serialize(event, exclude=set(extra))
@@ -148,34 +190,31 @@ def validated(
         else:
             raw = serialize(event)
             extra_json = None
-        yield (
-            pos,
-            event.event_id,
-            event.occurred_at,
-            hashlib.sha256(raw).digest(),
-            raw.decode(),
-            extra_json,
-            event.org_id,
-            event.provider,
-            event.model,
-            event.service_tier,
-        )
+        yield pos, event.occurred_at, _copy_line(pos, event, raw, extra_json)
 
 
 def ingest_batch(
-    conn: psycopg.Connection[Any], events: Sequence[Any], *, settings: Settings, job_id: str | None = None
+    conn: psycopg.Connection[Any],
+    events: Sequence[Any],
+    *,
+    settings: Settings,
+    job_id: str | None = None,
+    prepared: Prepared | None = None,
 ) -> IngestResult:
     """Ingest one batch in one transaction on `conn`; returns once it is committed.
 
     Invalid events are parked in rejected_events (the rest goes on); each new event_id is inserted
     once, priced set-based, routed to its billing month and added to the aggregates; a known
     event_id with another payload is recorded in event_conflicts and never counted. Database errors
-    propagate (the caller decides: retry when transient, split the batch when not).
+    propagate (the caller decides: retry when transient, split the batch when not). `prepared`, when
+    given, is `events` already validated (`prepare`): its rows are used instead of validating again.
     """
+    if prepared is not None and prepared.events is not events:
+        raise ValueError("prepared rows belong to another batch")
     test_pause("before_tx")
     fresh = conn not in _staged
     try:
-        result = _transaction(conn, events, settings, fresh=fresh, job_id=job_id)
+        result = _transaction(conn, events, settings, fresh=fresh, job_id=job_id, prepared=prepared)
     except psycopg.errors.UndefinedTable as exc:
         _staged.discard(conn)
         if "ingest_stage" in str(exc) or "ingest_new" in str(exc):
@@ -187,10 +226,21 @@ def ingest_batch(
     return result
 
 
+#: COPY lines handed to psycopg at a time: few calls, and the server still parses one part of a batch
+#: while the next is validated
+COPY_CHUNK = 64
+
+
 def _transaction(
-    conn: psycopg.Connection[Any], events: Sequence[Any], settings: Settings, *, fresh: bool, job_id: str | None
+    conn: psycopg.Connection[Any],
+    events: Sequence[Any],
+    settings: Settings,
+    *,
+    fresh: bool,
+    job_id: str | None,
+    prepared: Prepared | None,
 ) -> IngestResult:
-    rejected: list[Rejection] = []
+    rejected: list[Rejection] = [] if prepared is None else list(prepared.rejected)
     staged = inserted = conflicts = 0
     summary: list[tuple[str, date, int]] = []
     reservations: list[str] = []
@@ -198,19 +248,31 @@ def _transaction(
         if fresh:
             conn.execute(query("ingest", "create_stage"))
         with conn.cursor() as cur:
-            # validation feeds the COPY as it goes: psycopg hands the rows to libpq every ~32 kB and libpq
-            # sends them on, so the server parses and stores one part of the batch while this process
-            # validates the next, on the other core
-            rows = validated(
-                events,
-                now=datetime.now(UTC),
-                future_tolerance=timedelta(seconds=settings.future_tolerance_seconds),
-                rejected=rejected,
-            )
+            # validated in the job, the lines feed the COPY as they come (COPY_CHUNK at a time), so the
+            # server parses and stores one part of the batch while this process validates the next, on
+            # the other core; a batch the look-ahead prepared goes as one block
+            now, tolerance = datetime.now(UTC), timedelta(seconds=settings.future_tolerance_seconds)
+            rows: Iterable[Row]
+            block = ""
+            if prepared is None:
+                rows = validated(events, now=now, future_tolerance=tolerance, rejected=rejected)
+            elif prepared.latest is None or prepared.latest <= now + tolerance:
+                # every prepared row is in time: its block goes as it is
+                rows, block, staged = (), prepared.block, len(prepared.rows)
+            else:
+                rows = _in_time(prepared.rows, events, now=now, future_tolerance=tolerance, rejected=rejected)
             with cur.copy(query("ingest", "copy_stage")) as copy:
-                for row in rows:
-                    copy.write_row(row)
-                    staged += 1
+                if block:
+                    copy.write(block)
+                lines: list[str] = []
+                for _, _, line in rows:
+                    lines.append(line)
+                    if len(lines) == COPY_CHUNK:
+                        copy.write("".join(lines))
+                        staged += len(lines)
+                        lines.clear()
+                copy.write("".join(lines))
+                staged += len(lines)
             if staged:
                 routes = cur.execute(query("ingest", "route_months")).fetchall()
                 cur.execute(
@@ -229,6 +291,8 @@ def _transaction(
                     # batch or an earlier copy in this one): a batch of only new keys skips the lookups
                     conflicts = int(_scalar(cur.execute(query("ingest", "record_conflicts")).fetchone()))
         if rejected:
+            if prepared is not None:
+                rejected.sort(key=lambda r: r.pos)  # the clock's rejections come after the prepared ones
             park(conn, rejected, job_id=job_id)
         org_months = [(o, m) for o, m, _ in summary]
         if org_months:
@@ -286,6 +350,59 @@ def quota_hook(name: str) -> Callable[..., None] | None:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+
+
+def _copy_line(pos: int, event: _Incoming, raw: bytes, extra_json: str | None) -> str:
+    # One line of COPY text format for ingest_stage: the validated fields typed, so Postgres neither
+    # parses a jsonb document per event nor extracts its fields. `raw` is the canonical JSON: its sha256
+    # is the conflict hash, and it is kept as text (only a conflict stores it, as jsonb).
+    u = event.usage
+    digest = hashlib.sha256(raw).hexdigest()
+    canonical = raw.decode()
+    texts = (
+        event.org_id,
+        event.user_id,
+        event.session_id,
+        event.request_type,
+        event.provider,
+        event.model,
+        event.service_tier,
+        event.reservation_id,
+    )
+    if "\\" not in canonical and (extra_json is None or "\\" not in extra_json):
+        # The canonical JSON holds every field, and JSON writes a backslash, quote, tab, newline or
+        # carriage return in a string as a backslash sequence: without one, no value needs a COPY
+        # escape and no tag needs a JSON escape (the common case: no per-field scan).
+        org, user, session, rtype, provider, model, tier, resv = ("\\N" if v is None else v for v in texts)
+        tags = "{" + ",".join(f'"{k}":"{v}"' for k, v in event.tags.items()) + "}"
+        doc, extra = canonical, ("\\N" if extra_json is None else extra_json)
+    else:
+        org, user, session, rtype, provider, model, tier, resv = (_copy_opt(v) for v in texts)
+        tags = _copy_text(json.dumps(event.tags, ensure_ascii=False))
+        doc, extra = _copy_text(canonical), _copy_opt(extra_json)
+    cost = "\\N" if u.provider_cost is None else str(u.provider_cost)
+    latency = "\\N" if event.latency_ms is None else str(event.latency_ms)
+    return (
+        f"{pos}\t{event.event_id}\t{event.occurred_at.isoformat()}\t\\\\x{digest}\t{doc}\t{extra}\t{org}\t{user}\t"
+        f"{session}\t{rtype}\t{provider}\t{model}\t{tier}\t{event.status}\t{'t' if event.estimated else 'f'}\t"
+        f"{latency}\t{resv}\t{tags}\t{u.input_tokens}\t{u.cached_input_tokens}\t{u.cache_write_tokens}\t"
+        f"{u.cache_write_1h_tokens}\t{u.output_tokens}\t{u.reasoning_tokens}\t{cost}\n"
+    )
+
+
+def _copy_text(value: str) -> str:
+    # COPY text format: backslash, tab, newline and carriage return are escaped (NUL never gets here:
+    # validation rejects it in every text field, and JSON escapes it)
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
+def _copy_opt(value: str | None) -> str:
+    return "\\N" if value is None else _copy_text(value)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def _as_text(item: Any) -> str | None:

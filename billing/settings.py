@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     future_tolerance_seconds: int = Field(
         300, alias="USAGEBILL_FUTURE_TOLERANCE", ge=0, description="How far ahead of the server clock an event may be."
     )
+    prefetch: bool = Field(
+        True,
+        alias="USAGEBILL_PREFETCH",
+        description="Worker look-ahead: validate the next queued batch while the current one runs in Postgres.",
+    )
     db_pool_size: int = Field(4, alias="USAGEBILL_DB_POOL_SIZE", ge=1, description="Connections per worker process.")
     metrics_port: int = Field(
         0,

@@ -71,8 +71,10 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
     if len(events) == 1 and size > settings.batch_max_bytes:
         _park(res, events, f"event of {size} bytes exceeds USAGEBILL_BATCH_MAX_BYTES", job_id)
         return {"received": 1, "rejected": 1, "parked": 1}
+    # the look-ahead may have validated this batch while the previous job ran (worker/prefetch.py)
+    prepared = proc.prepared_for(job_id, events)
     try:
-        result = _ingest_once(res, events, job_id)
+        result = _ingest_once(res, events, job_id, prepared)
     except DATA_ERRORS as exc:
         reason = f"ingest failed: {type(exc).__name__}: {first_line(exc)}"
         if len(events) > 1:
@@ -86,12 +88,18 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
     return out
 
 
-def _ingest_once(res: proc.Resources, events: list[str], job_id: str | None) -> ingest.IngestResult:
+def _ingest_once(
+    res: proc.Resources, events: list[str], job_id: str | None, prepared: ingest.Prepared | None = None
+) -> ingest.IngestResult:
     # A pooled connection may have died with a Postgres restart: the pool drops it, so try once more
     # at once on a fresh one before letting rq's Retry (seconds later) take over.
     for attempt in (1, 2):
         try:
             with res.pool.connection() as conn:
+                if prepared is not None:
+                    return ingest.ingest_batch(
+                        conn, prepared.events, settings=res.settings, job_id=job_id, prepared=prepared
+                    )
                 return ingest.ingest_batch(conn, events, settings=res.settings, job_id=job_id)
         except (psycopg.Error, PoolTimeout, TransientError) as exc:
             if not _transient(exc):

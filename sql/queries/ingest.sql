@@ -3,26 +3,45 @@
 -- to billing months and added to the aggregates. Statements touch rows in key order, so concurrent workers never deadlock.
 
 -- name: create_stage
--- Per-session scratch tables, emptied at every commit. ingest_stage holds the validated canonical
--- events (jsonb) with their hash, and the keys pricing resolves rates for; ingest_new the events
--- actually inserted, priced, shaped like events so that the aggregates take it as it is.
+-- Per-session scratch tables, emptied at every commit. ingest_stage holds the validated events, typed
+-- (the worker writes each field of the validated event, so Postgres parses no jsonb document per event
+-- nor extracts its fields), their hash and canonical JSON (text: only a conflict stores it, as jsonb),
+-- and the keys pricing resolves rates for; ingest_new the events actually inserted, priced, shaped like
+-- events so that the aggregates take it as it is.
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
-    pos          integer NOT NULL,
-    event_id     text NOT NULL,
-    occurred_at  timestamptz NOT NULL,
-    payload_hash bytea NOT NULL,
-    doc          jsonb NOT NULL,
-    extra        jsonb,
-    org_id       text NOT NULL,
-    provider     text NOT NULL,
-    model        text NOT NULL,
-    service_tier text
+    pos                   integer NOT NULL,
+    event_id              text NOT NULL,
+    occurred_at           timestamptz NOT NULL,
+    payload_hash          bytea NOT NULL,
+    doc                   text NOT NULL,
+    extra                 jsonb,
+    org_id                text NOT NULL,
+    user_id               text,
+    session_id            text,
+    request_type          text,
+    provider              text NOT NULL,
+    model                 text NOT NULL,
+    service_tier          text,
+    status                text NOT NULL,
+    estimated             boolean NOT NULL,
+    latency_ms            bigint,
+    reservation_id        text,
+    tags                  jsonb NOT NULL,
+    input_tokens          bigint NOT NULL,
+    cached_input_tokens   bigint NOT NULL,
+    cache_write_tokens    bigint NOT NULL,
+    cache_write_1h_tokens bigint NOT NULL,
+    output_tokens         bigint NOT NULL,
+    reasoning_tokens      bigint NOT NULL,
+    provider_cost         numeric
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS ingest_new (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 
 -- name: copy_stage
-COPY ingest_stage (pos, event_id, occurred_at, payload_hash, doc, extra, org_id, provider, model, service_tier)
-  FROM STDIN
+COPY ingest_stage (pos, event_id, occurred_at, payload_hash, doc, extra, org_id, user_id, session_id, request_type,
+                   provider, model, service_tier, status, estimated, latency_ms, reservation_id, tags,
+                   input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
+                   reasoning_tokens, provider_cost) FROM STDIN
 
 -- name: route_months
 -- Every usage month of the batch, routed to its billing month (and its row locked FOR SHARE).
@@ -35,7 +54,11 @@ SELECT usage_month, billing_month
 -- key; the ones whose key was free become the `fresh` rows, which are priced into ingest_new. Keys
 -- are inserted in event_id order (deterministic lock order).
 , firsts AS MATERIALIZED (
-    SELECT DISTINCT ON (event_id) event_id, occurred_at, payload_hash, doc, extra
+    -- every column but pos and doc (the canonical text is only read by record_conflicts)
+    SELECT DISTINCT ON (event_id)
+           event_id, occurred_at, payload_hash, extra, org_id, user_id, session_id, request_type, provider, model,
+           service_tier, status, estimated, latency_ms, reservation_id, tags, input_tokens, cached_input_tokens,
+           cache_write_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens, provider_cost
       FROM ingest_stage
      ORDER BY event_id, pos
 ), claimed AS (
@@ -48,20 +71,13 @@ SELECT usage_month, billing_month
 ), routes AS (
     SELECT * FROM unnest(%(usage_months)s::date[], %(billing_months)s::date[]) AS r (usage_month, billing_month)
 ), fresh AS MATERIALIZED (
-    SELECT f.event_id, f.doc->>'org_id' AS org_id, f.doc->>'user_id' AS user_id, f.doc->>'session_id' AS session_id,
-           f.doc->>'request_type' AS request_type, f.doc->>'provider' AS provider, f.doc->>'model' AS model,
-           f.doc->>'service_tier' AS service_tier, f.doc->>'status' AS status,
-           (f.doc->'estimated')::boolean AS estimated, (f.doc->>'latency_ms')::bigint AS latency_ms,
-           f.doc->>'reservation_id' AS reservation_id, f.doc->'tags' AS tags, f.extra, f.occurred_at,
+    SELECT f.event_id, f.org_id, f.user_id, f.session_id, f.request_type, f.provider, f.model, f.service_tier,
+           f.status, f.estimated, f.latency_ms, f.reservation_id, f.tags, f.extra, f.occurred_at,
            now() AS received_at, r.usage_month, r.billing_month,
-           (u->>'input_tokens')::bigint AS input_tokens, (u->>'cached_input_tokens')::bigint AS cached_input_tokens,
-           (u->>'cache_write_tokens')::bigint AS cache_write_tokens,
-           (u->>'cache_write_1h_tokens')::bigint AS cache_write_1h_tokens,
-           (u->>'output_tokens')::bigint AS output_tokens, (u->>'reasoning_tokens')::bigint AS reasoning_tokens,
-           (u->>'provider_cost')::numeric AS provider_cost
+           f.input_tokens, f.cached_input_tokens, f.cache_write_tokens, f.cache_write_1h_tokens, f.output_tokens,
+           f.reasoning_tokens, f.provider_cost
       FROM firsts f
       JOIN claimed c ON c.event_id = f.event_id
-     CROSS JOIN LATERAL (SELECT f.doc->'usage' AS u) AS x
       JOIN routes r ON r.usage_month = date_trunc('month', f.occurred_at)::date
 )
 
@@ -84,7 +100,7 @@ WITH differing AS MATERIALIZED (
      WHERE k.payload_hash <> s.payload_hash
 ), recorded AS (
     INSERT INTO event_conflicts (event_id, first_hash, conflict_hash, payload)
-    SELECT DISTINCT ON (event_id, conflict_hash) event_id, first_hash, conflict_hash, doc
+    SELECT DISTINCT ON (event_id, conflict_hash) event_id, first_hash, conflict_hash, doc::jsonb
       FROM differing
      ORDER BY event_id, conflict_hash
         ON CONFLICT (event_id, conflict_hash) DO NOTHING

@@ -43,7 +43,7 @@ def worker(
     res = proc.setup(settings)
     try:
         names = proc.queue_names(res.redis, settings, queues)
-        w = proc.make_worker(res.redis, names)
+        w = proc.make_worker(res.redis, names, prefetch=settings.prefetch)
         observability.serve_metrics(settings.metrics_port, res.redis, names)
         if burst:
             recovered = requeued = 0

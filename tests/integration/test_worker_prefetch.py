@@ -1,0 +1,167 @@
+"""The worker's look-ahead: a batch validated ahead of its job ingests exactly as one validated in the job."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from billing import ingest
+from billing.db import connect
+from billing.settings import Settings
+from tests.integration.ingest_util import add_rate, assert_consistent, event, text
+from worker import worker as proc
+from worker.jobs import enqueue_batch
+from worker.prefetch import Prefetcher
+
+
+@pytest.fixture
+def res(settings: Settings) -> Iterator[proc.Resources]:
+    yield proc.setup(settings)
+    proc.close()
+
+
+def _queue(res: proc.Resources) -> Queue:
+    return Queue(res.settings.queue, connection=res.redis, serializer=JSONSerializer)
+
+
+def _mixed_batch(tag: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """Two new events, a re-send, a conflict, an invalid event: (texts, the distinct valid docs)."""
+    a, b = event(f"{tag}-a", input_tokens=500), event(f"{tag}-b", user_id="u2")
+    texts = [text(a), text(b), text(a), text(event(f"{tag}-b", output=999)), '{"schema_version": 1']
+    return texts, [a, b]
+
+
+def test_prepared_batch_ingests_like_a_batch_validated_in_the_job(
+    settings: Settings, conn: psycopg.Connection[Any]
+) -> None:
+    add_rate(conn)
+    inline_texts, inline_docs = _mixed_batch("inline")
+    ahead_texts, ahead_docs = _mixed_batch("ahead")
+    with connect(settings) as c:
+        inline = ingest.ingest_batch(c, inline_texts, settings=settings)
+        prepared = ingest.prepare(ahead_texts)
+        ahead = ingest.ingest_batch(c, ahead_texts, settings=settings, prepared=prepared)
+    counts = (ahead.inserted, ahead.duplicates, ahead.conflicts, ahead.rejected, ahead.unpriced)
+    assert counts == (inline.inserted, inline.duplicates, inline.conflicts, inline.rejected, inline.unpriced)
+    assert counts == (2, 1, 1, 1, 0)
+    assert_consistent(conn, inline_docs + ahead_docs)
+    # the same stored values, event for event
+    cols = "org_id, user_id, model, input_tokens, output_tokens, cost_total, tags, extra"
+    rows = {
+        r[0]: r[1:]
+        for r in conn.execute(f"SELECT split_part(event_id, '-', 2), {cols} FROM events WHERE event_id LIKE 'inline-%'")
+    }
+    assert rows == {
+        r[0]: r[1:]
+        for r in conn.execute(f"SELECT split_part(event_id, '-', 2), {cols} FROM events WHERE event_id LIKE 'ahead-%'")
+    }
+    conflicts = conn.execute("SELECT event_id FROM event_conflicts ORDER BY 1").fetchall()
+    assert conflicts == [("ahead-b",), ("inline-b",)]
+    reasons = conn.execute("SELECT reason FROM rejected_events ORDER BY id").fetchall()
+    assert len(reasons) == 2 and reasons[0] == reasons[1]
+
+
+def test_the_clock_check_runs_when_the_batch_runs(settings: Settings, conn: psycopg.Connection[Any]) -> None:
+    # prepared ahead, the event was in time; by the time the batch runs it is too far ahead of the clock
+    ahead_at = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+    docs = [event("t-0"), event("t-1", occurred_at=ahead_at), event("t-2")]
+    texts = [text(d) for d in docs]
+    prepared = ingest.prepare(texts)
+    assert [r[0] for r in prepared.rows] == [0, 1, 2]
+    strict = settings.model_copy(update={"future_tolerance_seconds": 0})
+    with connect(settings) as c:
+        result = ingest.ingest_batch(c, texts, settings=strict, prepared=prepared)
+    assert (result.inserted, result.rejected) == (2, 1)
+    [(event_id, reason)] = conn.execute("SELECT event_id, reason FROM rejected_events").fetchall()
+    assert event_id == "t-1" and reason.startswith("occurred_at: ") and "0 s ahead of the server clock" in reason
+    assert_consistent(conn, [docs[0], docs[2]])
+
+
+def test_prepared_rows_of_another_batch_are_refused(settings: Settings) -> None:
+    texts = [text(event("x-1"))]
+    prepared = ingest.prepare(texts)
+    with connect(settings) as c, pytest.raises(ValueError, match="another batch"):
+        ingest.ingest_batch(c, list(texts), settings=settings, prepared=prepared)
+
+
+def _wait_ready(prefetcher: Prefetcher, job_id: str) -> None:
+    deadline = time.monotonic() + 10
+    while job_id not in prefetcher.ready_ids():
+        assert time.monotonic() < deadline, "the look-ahead did not prepare the job"
+        time.sleep(0.005)
+
+
+def test_look_ahead_prepares_the_job_at_the_head_of_the_queue(res: proc.Resources) -> None:
+    q = _queue(res)
+    texts = [text(event(f"h{i}")) for i in range(20)] + ["not json"]
+    job = enqueue_batch(q, texts)
+    prefetcher = Prefetcher(res.redis, [q.key])
+    prefetcher.ahead("the-job-running-now")
+    _wait_ready(prefetcher, job.id)
+    assert q.job_ids == [job.id]  # a read: the job is still queued, for whichever worker takes it
+    events = Job.fetch(job.id, connection=res.redis, serializer=JSONSerializer).args[0]
+    prepared = prefetcher.take(job.id, events)
+    assert prepared is not None and prepared.events == texts
+    assert prepared.rows == ingest.prepare(texts).rows and [r.pos for r in prepared.rejected] == [20]
+    assert prefetcher.take(job.id, events) is None  # taken once
+    assert (prefetcher.hits, prefetcher.misses) == (1, 1)
+
+
+def test_look_ahead_of_other_events_is_not_used(res: proc.Resources) -> None:
+    q = _queue(res)
+    job = enqueue_batch(q, [text(event("o1")), text(event("o2"))])
+    prefetcher = Prefetcher(res.redis, [q.key])
+    prefetcher.ahead("current")
+    _wait_ready(prefetcher, job.id)
+    assert prefetcher.take(job.id, [text(event("o1"))]) is None
+    prefetcher.ahead(job.id)  # the head is the running job itself: nothing to prepare
+    time.sleep(0.05)
+    assert prefetcher.ready_ids() == []
+
+
+def test_worker_ingests_with_its_look_ahead(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
+    add_rate(conn)
+    docs = [event(f"w{i}", user_id=f"u{i % 5}", input_tokens=100 + i) for i in range(1200)]
+    q = _queue(res)
+    for i in range(0, len(docs), 200):
+        enqueue_batch(q, [text(d) for d in docs[i : i + 200]] + [text(docs[i])])  # and a re-send
+    worker = proc.make_worker(res.redis, [res.settings.queue])
+    assert worker.prefetcher is not None
+    hits, misses = worker.prefetcher.hits, worker.prefetcher.misses
+    worker.work(burst=True, logging_level="WARNING")
+    assert_consistent(conn, docs)
+    # the first job has no job before it; every later one was prepared while the one before it ran
+    assert worker.prefetcher.misses - misses == 1 and worker.prefetcher.hits - hits == 5
+
+
+def test_worker_with_another_worker_on_its_queue_does_not_look_ahead(
+    res: proc.Resources, conn: psycopg.Connection[Any]
+) -> None:
+    q = _queue(res)
+    other = SimpleWorker([q], connection=res.redis, serializer=JSONSerializer)
+    other.register_birth()
+    try:
+        docs = [event(f"c{i}") for i in range(60)]
+        for i in range(0, 60, 20):
+            enqueue_batch(q, [text(d) for d in docs[i : i + 20]])
+        worker = proc.make_worker(res.redis, [res.settings.queue])
+        assert worker.prefetcher is not None
+        before = (worker.prefetcher.hits, worker.prefetcher.misses)
+        worker.work(burst=True, logging_level="WARNING")
+        assert (worker.prefetcher.hits, worker.prefetcher.misses) == (before[0], before[1] + 3)
+        assert_consistent(conn, docs)
+    finally:
+        other.register_death()
+
+
+def test_look_ahead_can_be_turned_off(res: proc.Resources) -> None:
+    assert proc.make_worker(res.redis, [res.settings.queue], prefetch=False).prefetcher is None
+    assert Settings(USAGEBILL_PREFETCH="false").prefetch is False
