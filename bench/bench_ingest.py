@@ -109,12 +109,20 @@ def check_totals(url: str, distinct: int) -> dict[str, Any]:
         return sizes
 
 
-def e2e(template: str, redis_url: str, texts: list[str], distinct: int, workers: int, batch: int) -> tuple[float, Any]:
+def e2e(
+    template: str,
+    redis_url: str,
+    texts: list[str],
+    distinct: int,
+    workers: int,
+    batch: int,
+    env: dict[str, str] | None = None,
+) -> tuple[float, Any]:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     with fresh_db(template) as url:
         add_rates(url)
-        procs = start_workers(workers, url, redis_url, QUEUE)
+        procs = start_workers(workers, url, redis_url, QUEUE, env)
         try:
             t0 = time.perf_counter()
             jobs = publish(client, texts, batch)
@@ -333,6 +341,10 @@ def main() -> None:
     with private_redis() as redis_url, template_db() as template:
         ceiling = copy_ceiling(template, texts)
         one, sizes = e2e(template, redis_url, texts, distinct, 1, args.batch)
+        # the same worker without its look-ahead (validation in the job), then with bigger jobs
+        alone = e2e(template, redis_url, texts, distinct, 1, args.batch, {"USAGEBILL_PREFETCH": "false"})[0]
+        big = args.batch * 5 // 2
+        bigjobs = e2e(template, redis_url, texts, distinct, 1, big, {"USAGEBILL_BATCH_SIZE": str(big)})[0]
         two, _ = e2e(template, redis_url, texts, distinct, 2, args.batch)
         naive_rate = naive(template, redis_url, texts[: args.naive])
         # the goal's rate, then a rate this machine sustains (latency without a growing backlog)
@@ -343,6 +355,11 @@ def main() -> None:
         hot, wide, wide_cpu, prof = steps(template, texts, args.batch)
     print(f"COPY ceiling (unindexed table):      {ceiling:10.0f} events/s")
     print(f"end to end, 1 worker:                {one:10.0f} events/s   = {one / ceiling:.3f} of the COPY ceiling")
+    print(
+        f"  same, look-ahead off:              {alone:10.0f} events/s   = {alone / ceiling:.3f} "
+        f"(look-ahead: x{one / alone:.2f})"
+    )
+    print(f"  same, {big}-event jobs:            {bigjobs:10.0f} events/s   = {bigjobs / ceiling:.3f} of the ceiling")
     print(f"end to end, 2 workers:               {two:10.0f} events/s   = {two / ceiling:.3f} of the COPY ceiling")
     print(
         f"naive (1 job/event, row by row; {args.naive} events): {naive_rate:6.0f} events/s   -> 1 worker is "

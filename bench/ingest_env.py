@@ -112,9 +112,12 @@ def event_doc(rng: random.Random, event_id: str, orgs: int, users: int) -> dict[
     }
 
 
-def start_workers(n: int, db_url: str, redis_url: str, queue: str) -> list[subprocess.Popen[bytes]]:
-    """`n` `usagebill worker` processes on `queue`; returns once all have registered."""
+def start_workers(
+    n: int, db_url: str, redis_url: str, queue: str, extra_env: dict[str, str] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """`n` `usagebill worker` processes on `queue` (with `extra_env` set); returns once all have registered."""
     env = dict(os.environ, DATABASE_URL=db_url, REDIS_URL=redis_url, USAGEBILL_QUEUE=queue, PYTHONPATH=str(ROOT))
+    env.update(extra_env or {})
     procs = [subprocess.Popen([sys.executable, "-m", "worker.cli", "worker"], env=env, cwd=ROOT) for _ in range(n)]
     client = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 30
