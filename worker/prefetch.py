@@ -60,6 +60,8 @@ class Prefetcher:
         #: jobs that found their batch prepared, and jobs that did not (validated in the job)
         self.hits = 0
         self.misses = 0
+        #: whether the worker looks ahead now (it does only while it is the only worker on its queues)
+        self.active = False
         self._thread = threading.Thread(target=self._run, name="usagebill-prefetch", daemon=True)
         self._thread.start()
         if sys.getswitchinterval() > SWITCH_INTERVAL:
