@@ -210,7 +210,8 @@ def ingest_batch(
     given, is `events` already validated (`prepare`): its rows are used instead of validating again.
     """
     if prepared is not None and prepared.events is not events:
-        raise ValueError("prepared rows belong to another batch")
+        # a caller's bug, not the data's: never split a batch for it (ValueError would, see worker.jobs)
+        raise RuntimeError("prepared rows belong to another batch")
     test_pause("before_tx")
     fresh = conn not in _staged
     try:

@@ -72,7 +72,7 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
         _park(res, events, f"event of {size} bytes exceeds USAGEBILL_BATCH_MAX_BYTES", job_id)
         return {"received": 1, "rejected": 1, "parked": 1}
     # the look-ahead may have validated this batch while the previous job ran (worker/prefetch.py)
-    prepared = proc.prepared_for(job_id, events)
+    prepared = proc.prepared_for(job)
     proc.look_ahead(job_id)  # the next job's validation runs while this one is in Postgres
     try:
         result = _ingest_once(res, events, job_id, prepared)

@@ -163,6 +163,11 @@ class IngestJob(Job):
         # rq keeps a payload it cannot decompress as it was read: the same object, nothing to reuse
         self._packed = (data, packed) if isinstance(data, bytes) and packed is not None and packed is not data else None
 
+    def stored_payload(self) -> bytes | None:
+        """The payload as stored in Redis when this job was loaded from it and has not changed since."""
+        packed = self._packed
+        return packed[1] if packed is not None and self._data is packed[0] else None
+
     def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
         packed = self._packed
         if packed is None or self._data is not packed[0]:
@@ -192,16 +197,21 @@ class UsagebillWorker(SimpleWorker):
         if self.prefetcher is not None:
             # the job asks for the look-ahead once its batch goes to Postgres (worker.jobs, look_ahead):
             # started with the job, it competed with rq's own bookkeeping for the GIL (-9% measured)
-            self.prefetcher.active = self._serves_alone()
+            self.prefetcher.activate(self._serves_alone())
         super().execute_job(job, queue)
 
     def _serves_alone(self) -> bool:
         # With other workers on these queues the next job is as likely theirs: a look-ahead would mostly
         # validate batches this worker never runs, on the cores the others need (measured: 2 workers
         # that both looked ahead ingested 20-30% less). Rechecked every ALONE_RECHECK seconds.
+        # A worker killed with SIGKILL stays registered until its registration expires (WORKER_TTL), and
+        # keeps the others from looking ahead until then.
         now = time.monotonic()
         if now - self._alone_checked >= ALONE_RECHECK:
-            self._alone = all(SimpleWorker.count(connection=self.connection, queue=q) <= 1 for q in self.queues)
+            try:
+                self._alone = all(SimpleWorker.count(connection=self.connection, queue=q) <= 1 for q in self.queues)
+            except redis.RedisError:
+                self._alone = False  # the job itself then meets the Redis failure, as it would have
             self._alone_checked = now
         return self._alone
 
@@ -225,10 +235,12 @@ def make_worker(client: redis.Redis, names: Sequence[str], *, prefetch: bool = T
         default_result_ttl=jobspec.RESULT_TTL,
     )
     if prefetch:
+        settings = resources().settings
+        keys, most, size = [q.key for q in serve], settings.batch_size, settings.batch_max_bytes
         if _prefetcher is None:
-            _prefetcher = Prefetcher(client, [q.key for q in serve])
+            _prefetcher = Prefetcher(client, keys, max_events=most, max_bytes=size)
         else:  # a process that makes another worker (tests): one thread, now for these queues
-            _prefetcher.retarget(client, [q.key for q in serve])
+            _prefetcher.retarget(client, keys, max_events=most, max_bytes=size)
         worker.prefetcher = _prefetcher
     return worker
 
@@ -239,11 +251,12 @@ def look_ahead(job_id: str | None) -> None:
         _prefetcher.ahead(job_id)
 
 
-def prepared_for(job_id: str | None, events: list[Any]) -> ingest.Prepared | None:
-    """The look-ahead's prepared batch for this job (None: validate it in the job)."""
-    if _prefetcher is None or job_id is None:
+def prepared_for(job: Job | None) -> ingest.Prepared | None:
+    """The look-ahead's prepared batch for this job, when prepared from the very payload the job was loaded
+    from (None: validate it in the job)."""
+    if _prefetcher is None or job is None:
         return None
-    return _prefetcher.take(job_id, events)
+    return _prefetcher.take(job.id, job.stored_payload() if isinstance(job, IngestJob) else None)
 
 
 def _worker_dead(client: redis.Redis, worker_name: str) -> bool:

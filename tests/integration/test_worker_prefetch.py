@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ from billing.settings import Settings
 from tests.integration.ingest_util import add_rate, assert_consistent, event, text
 from worker import worker as proc
 from worker.jobs import enqueue_batch
-from worker.prefetch import Prefetcher
+from worker.prefetch import SWITCH_INTERVAL, Prefetcher
 
 
 @pytest.fixture
@@ -88,7 +89,7 @@ def test_the_clock_check_runs_when_the_batch_runs(settings: Settings, conn: psyc
 def test_prepared_rows_of_another_batch_are_refused(settings: Settings) -> None:
     texts = [text(event("x-1"))]
     prepared = ingest.prepare(texts)
-    with connect(settings) as c, pytest.raises(ValueError, match="another batch"):
+    with connect(settings) as c, pytest.raises(RuntimeError, match="another batch"):
         ingest.ingest_batch(c, list(texts), settings=settings, prepared=prepared)
 
 
@@ -99,32 +100,91 @@ def _wait_ready(prefetcher: Prefetcher, job_id: str) -> None:
         time.sleep(0.005)
 
 
+def _prefetcher(res: proc.Resources, q: Queue, **kw: Any) -> Prefetcher:
+    return Prefetcher(res.redis, [q.key], max_events=1000, max_bytes=4_000_000, **kw)
+
+
+def _stored(res: proc.Resources, job: Job) -> bytes:
+    data = res.redis.hget(Job.key_for(job.id), "data")
+    assert isinstance(data, bytes)
+    return data
+
+
 def test_look_ahead_prepares_the_job_at_the_head_of_the_queue(res: proc.Resources) -> None:
     q = _queue(res)
     texts = [text(event(f"h{i}")) for i in range(20)] + ["not json"]
     job = enqueue_batch(q, texts)
-    prefetcher = Prefetcher(res.redis, [q.key])
+    prefetcher = _prefetcher(res, q)
     prefetcher.ahead("the-job-running-now")
     _wait_ready(prefetcher, job.id)
     assert q.job_ids == [job.id]  # a read: the job is still queued, for whichever worker takes it
-    events = Job.fetch(job.id, connection=res.redis, serializer=JSONSerializer).args[0]
-    prepared = prefetcher.take(job.id, events)
+    prepared = prefetcher.take(job.id, _stored(res, job))
     assert prepared is not None and prepared.events == texts
     assert prepared.rows == ingest.prepare(texts).rows and [r.pos for r in prepared.rejected] == [20]
-    assert prefetcher.take(job.id, events) is None  # taken once
+    assert prefetcher.take(job.id, _stored(res, job)) is None  # taken once
     assert (prefetcher.hits, prefetcher.misses) == (1, 1)
 
 
-def test_look_ahead_of_other_events_is_not_used(res: proc.Resources) -> None:
+def test_look_ahead_of_another_payload_is_not_used(res: proc.Resources) -> None:
     q = _queue(res)
     job = enqueue_batch(q, [text(event("o1")), text(event("o2"))])
-    prefetcher = Prefetcher(res.redis, [q.key])
+    prefetcher = _prefetcher(res, q)
     prefetcher.ahead("current")
     _wait_ready(prefetcher, job.id)
-    assert prefetcher.take(job.id, [text(event("o1"))]) is None
+    # the same job id loaded from other bytes (rewritten in between) does not get the prepared batch
+    other = enqueue_batch(q, [text(event("o1"))])
+    assert prefetcher.take(job.id, _stored(res, other)) is None
+    assert prefetcher.take(job.id, None) is None
     prefetcher.ahead(job.id)  # the head is the running job itself: nothing to prepare
     time.sleep(0.05)
     assert prefetcher.ready_ids() == []
+
+
+def test_look_ahead_leaves_oversized_jobs_to_the_job(res: proc.Resources) -> None:
+    q = _queue(res)
+    big = enqueue_batch(q, [text(event(f"b{i}")) for i in range(12)])
+    prefetcher = Prefetcher(res.redis, [q.key], max_events=10, max_bytes=4_000_000)
+    prefetcher.ahead("current")
+    time.sleep(0.2)
+    assert prefetcher.ready_ids() == [] and prefetcher.take(big.id, _stored(res, big)) is None
+
+
+def test_look_ahead_survives_a_failure(res: proc.Resources) -> None:
+    q = _queue(res)
+    calls: list[int] = []
+
+    def flaky(events: list[Any]) -> ingest.Prepared:
+        calls.append(len(events))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return ingest.prepare(events)
+
+    first = enqueue_batch(q, [text(event("f1"))])
+    prefetcher = _prefetcher(res, q, prepare=flaky)
+    prefetcher.ahead("current")
+    deadline = time.monotonic() + 10
+    while not calls:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    assert prefetcher.take(first.id, _stored(res, first)) is None  # the failed one: validated in the job
+    q.remove(first.id)
+    second = enqueue_batch(q, [text(event("f2"))])
+    prefetcher.ahead(first.id)
+    _wait_ready(prefetcher, second.id)
+    assert prefetcher.alive() and prefetcher.take(second.id, _stored(res, second)) is not None
+
+
+def test_switch_interval_is_lowered_only_while_active(res: proc.Resources) -> None:
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    prefetcher = _prefetcher(res, _queue(res))
+    try:
+        prefetcher.activate(True)
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL, abs=2e-6)  # microsecond resolution
+        prefetcher.activate(False)
+        assert sys.getswitchinterval() == pytest.approx(0.005, abs=2e-6)
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_worker_ingests_with_its_look_ahead(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:

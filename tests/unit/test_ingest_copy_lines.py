@@ -183,3 +183,10 @@ def test_prepare_of_nothing_valid() -> None:
     prepared = ingest.prepare(["[]", 7])
     assert prepared.rows == [] and prepared.block == "" and prepared.latest is None
     assert [r.pos for r in prepared.rejected] == [0, 1]
+
+
+def test_the_copy_line_carries_every_field_of_the_event() -> None:
+    # a field added to the event model must reach ingest_stage too (and so the fast path's texts tuple)
+    fields = set(UsageEvent.model_fields) - {"schema_version", "usage"}
+    usage = set(UsageEvent.model_fields["usage"].annotation.model_fields)  # type: ignore[union-attr]
+    assert fields | usage <= set(NAMES)
