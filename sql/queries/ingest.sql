@@ -91,11 +91,20 @@ INSERT INTO orgs (org_id) SELECT DISTINCT org_id FROM ingest_new ORDER BY org_id
 -- name: record_conflicts
 -- Every staged copy whose canonical hash differs from the first accepted copy's (in this batch or an
 -- earlier one) is a conflict: kept for operators, never counted. Returns how many copies conflicted.
--- The LATERAL ... LIMIT 1 keeps this an index lookup per staged row: a plain join may be planned as
--- a hash join that reads the whole of event_keys (the staging table has no statistics).
-WITH differing AS MATERIALIZED (
-    SELECT s.event_id, k.payload_hash AS first_hash, s.payload_hash AS conflict_hash, s.doc
+-- Only copies that did not claim their key are looked up: a copy whose event_id this batch inserted,
+-- and the only copy of it in the batch, is the first copy itself (most of a batch). The LATERAL ...
+-- LIMIT 1 keeps this an index lookup per looked-up copy: a plain join may be planned as a hash join
+-- that reads the whole of event_keys (the staging table has no statistics).
+WITH repeated AS MATERIALIZED (
+    SELECT event_id FROM ingest_stage GROUP BY event_id HAVING count(*) > 1
+), looked_up AS MATERIALIZED (
+    SELECT s.event_id, s.payload_hash, s.doc
       FROM ingest_stage s
+     WHERE NOT EXISTS (SELECT 1 FROM ingest_new n WHERE n.event_id = s.event_id)
+        OR s.event_id IN (SELECT event_id FROM repeated)
+), differing AS MATERIALIZED (
+    SELECT s.event_id, k.payload_hash AS first_hash, s.payload_hash AS conflict_hash, s.doc
+      FROM looked_up s
      CROSS JOIN LATERAL (SELECT e.payload_hash FROM event_keys e WHERE e.event_id = s.event_id LIMIT 1) AS k
      WHERE k.payload_hash <> s.payload_hash
 ), recorded AS (
