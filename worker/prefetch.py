@@ -7,8 +7,8 @@ HGET: reads only, the job stays queued for whichever worker takes it), decodes i
 events. When this worker then takes that job, the job uses the prepared rows if its payload is the very
 bytes that were prepared; otherwise, or when nothing was prepared, it validates as usual. Nothing here
 changes which worker runs a job, or when, or what is stored: a look-ahead that is wrong or lost costs
-the work it did (CPU, ~2 MB per prepared 1000-event job, at most KEEP of them), and a job waits for it
-only while it validates that very job.
+the work it did (CPU, and ~3.5 MB per prepared 1000-event job: its payload, decoded, and its COPY
+lines; at most KEEP of them), and a job waits for it only while it validates that very job.
 
 The thread validates while the main thread waits on Postgres (psycopg releases the GIL while it
 waits); while the look-ahead is active the interpreter's switch interval is lowered, so that a reply
@@ -18,7 +18,6 @@ from Postgres is not left waiting up to 5 ms for the GIL while the thread valida
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import sys
 import threading
@@ -29,6 +28,7 @@ from typing import Any
 
 import redis
 from rq.job import Job
+from rq.serializers import JSONSerializer
 
 from billing import ingest
 from producer import jobspec
@@ -43,12 +43,14 @@ KEEP = 2
 WAIT_SECONDS = 2.0
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Ahead:
     """A job the look-ahead read and prepared."""
 
     packed: bytes  # its payload as stored in Redis: what the job that takes it must have loaded
     prepared: ingest.Prepared
+    plain: bytes  # the payload decompressed
+    decoded: list[Any]  # rq's (function, instance, args, kwargs), as rq's JSON serializer decodes it
 
 
 class Prefetcher:
@@ -109,6 +111,17 @@ class Prefetcher:
             self._asked = True
             self._cond.notify_all()
 
+    def payload(self, job_id: str, packed: bytes) -> tuple[bytes, list[Any]] | None:
+        """The decompressed and decoded payload of `job_id` when the look-ahead read these very bytes, so
+        that rq need not decompress and decode it again (`worker.worker.IngestJob.restore`); once per job."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._busy != job_id, timeout=WAIT_SECONDS)
+            ahead = self._ready.get(job_id)
+            if ahead is None or not ahead.decoded or ahead.packed != packed:
+                return None
+            decoded, ahead.decoded = ahead.decoded, []
+            return ahead.plain, decoded
+
     def take(self, job_id: str, packed: bytes | None) -> ingest.Prepared | None:
         """The prepared batch of `job_id` when the job was loaded from the very payload bytes that were
         prepared (`packed`, as stored in Redis), else None: then the job validates its events itself.
@@ -156,19 +169,19 @@ class Prefetcher:
         loaded = self._load(connection, job_id)  # a slow Redis delays only this thread, never a job
         if loaded is None:
             return
-        packed, events = loaded
+        packed, plain, decoded = loaded
         with self._cond:
             if job_id == self._current:
                 return  # taken and started meanwhile: it validated itself
             self._busy = job_id  # from here on, that job waits for this look-ahead instead of racing it
         prepared = None
         try:
-            prepared = self._prepare(events)
+            prepared = self._prepare(decoded[2][0])
         finally:
             with self._cond:
                 self._busy = None
                 if prepared is not None:
-                    self._ready[job_id] = _Ahead(packed, prepared)
+                    self._ready[job_id] = _Ahead(packed, prepared, plain, decoded)
                     while len(self._ready) > KEEP:  # jobs taken by other workers: forget the oldest
                         del self._ready[next(iter(self._ready))]
                 self._cond.notify_all()
@@ -185,7 +198,7 @@ class Prefetcher:
             return None if job_id in skip else job_id
         return None
 
-    def _load(self, connection: redis.Redis, job_id: str) -> tuple[bytes, list[Any]] | None:
+    def _load(self, connection: redis.Redis, job_id: str) -> tuple[bytes, bytes, list[Any]] | None:
         # the job's payload as rq stores it: zlib-compressed JSON of (function, instance, args, kwargs)
         packed = connection.hget(Job.key_for(job_id), "data")
         if not isinstance(packed, bytes):
@@ -195,7 +208,7 @@ class Prefetcher:
             plain = zlib.decompress(packed)
         if len(plain) > 2 * self._max_bytes + 1024:
             return None  # far above the byte bound: the job splits it without validating
-        decoded = json.loads(plain)
+        decoded = JSONSerializer.loads(plain)  # type: ignore[no-untyped-call]  # as rq decodes it
         if not isinstance(decoded, list) or len(decoded) != 4 or decoded[0] != jobspec.INGEST_FUNC:
             return None
         args = decoded[2]
@@ -204,4 +217,4 @@ class Prefetcher:
         events: list[Any] = args[0]
         if len(events) > self._max_events or sum(len(e) for e in events if isinstance(e, str)) > self._max_bytes:
             return None  # the job splits it without validating
-        return packed, events
+        return packed, plain, decoded

@@ -17,6 +17,7 @@ from rq.serializers import JSONSerializer
 from billing import ingest
 from billing.db import connect
 from billing.settings import Settings
+from producer import jobspec
 from tests.integration.ingest_util import add_rate, assert_consistent, event, text
 from worker import worker as proc
 from worker.jobs import enqueue_batch
@@ -123,6 +124,30 @@ def test_look_ahead_prepares_the_job_at_the_head_of_the_queue(res: proc.Resource
     assert prepared.rows == ingest.prepare(texts).rows and [r.pos for r in prepared.rejected] == [20]
     assert prefetcher.take(job.id, _stored(res, job)) is None  # taken once
     assert (prefetcher.hits, prefetcher.misses) == (1, 1)
+
+
+def test_a_job_loaded_from_the_prepared_payload_is_the_same_job(res: proc.Resources) -> None:
+    q = _queue(res)
+    texts = [text(event(f"r{i}")) for i in range(5)]
+    job = enqueue_batch(q, texts)
+    stored = _stored(res, job)
+    prefetcher = _prefetcher(res, q)
+    proc_prefetcher, proc._prefetcher = proc._prefetcher, prefetcher
+    try:
+        prefetcher.ahead("current")
+        _wait_ready(prefetcher, job.id)
+        loaded = proc.IngestJob.fetch(job.id, connection=res.redis, serializer=JSONSerializer)
+        # rq did not decode it: the look-ahead's decoded payload, equal to what rq would have made
+        assert loaded.args == [texts] and loaded.func_name == jobspec.INGEST_FUNC and loaded.kwargs == {}
+        assert loaded.stored_payload() == stored
+        again = proc.IngestJob.fetch(job.id, connection=res.redis, serializer=JSONSerializer)  # decodes itself
+        assert again.args == [texts] and again.args[0] is not loaded.args[0]
+        loaded.save()
+        assert _stored(res, job) == stored  # saved back as the very bytes it was loaded from
+        prepared = prefetcher.take(job.id, loaded.stored_payload())
+        assert prepared is not None and prepared.events is loaded.args[0]
+    finally:
+        proc._prefetcher = proc_prefetcher
 
 
 def test_look_ahead_of_another_payload_is_not_used(res: proc.Resources) -> None:
