@@ -7,6 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from worker import worker as proc
 
 DEFAULT_AT = "2026-10-15T12:00:00+00:00"
 
@@ -114,3 +118,8 @@ def assert_consistent(conn: psycopg.Connection[Any], docs: list[dict[str, Any]])
     assert got["daily_cost"] == got["cost"]
     assert got["invoice_amount"] == got["cost"]
     return got
+
+
+def ingest_queue(res: proc.Resources) -> Queue:
+    """The ingest queue of the worker's resources."""
+    return Queue(res.settings.queue, connection=res.redis, serializer=JSONSerializer)

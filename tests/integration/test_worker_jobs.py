@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -19,19 +18,9 @@ from rq.serializers import JSONSerializer
 
 from billing.settings import Settings
 from producer import jobspec
-from tests.integration.ingest_util import add_rate, assert_consistent, event, text
+from tests.integration.ingest_util import add_rate, assert_consistent, event, ingest_queue, text
 from worker import worker as proc
 from worker.jobs import enqueue_batch
-
-
-@pytest.fixture
-def res(settings: Settings) -> Iterator[proc.Resources]:
-    yield proc.setup(settings)
-    proc.close()
-
-
-def _queue(res: proc.Resources) -> Queue:
-    return Queue(res.settings.queue, connection=res.redis, serializer=JSONSerializer)
 
 
 def _drain(res: proc.Resources) -> None:
@@ -41,7 +30,7 @@ def _drain(res: proc.Resources) -> None:
 def test_batches_with_duplicates_across_jobs(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
     add_rate(conn)
     docs = [event(f"e{i}", user_id=f"u{i % 7}", input_tokens=100 + i) for i in range(300)]
-    q = _queue(res)
+    q = ingest_queue(res)
     jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 50]]) for i in range(0, 300, 50)]
     jobs.append(enqueue_batch(q, [text(d) for d in docs[::3]]))  # redelivered events, reordered
     _drain(res)
@@ -64,7 +53,7 @@ def test_poison_event_is_isolated_by_splitting(res: proc.Resources, conn: psycop
     docs = [event(f"p{i}") for i in range(13)]
     poison = event("bad", model="poison-model")
     batch = [text(d) for d in docs[:6]] + [text(poison)] + [text(d) for d in docs[6:]]
-    enqueue_batch(_queue(res), batch)
+    enqueue_batch(ingest_queue(res), batch)
     _drain(res)
     assert_consistent(conn, docs)
     rows = conn.execute("SELECT event_id, reason FROM rejected_events").fetchall()
@@ -78,7 +67,7 @@ def test_oversized_batch_is_split(settings: Settings, conn: psycopg.Connection[A
     res = proc.setup(small)
     try:
         docs = [event(f"s{i}") for i in range(10)]
-        job = enqueue_batch(_queue(res), [text(d) for d in docs])
+        job = enqueue_batch(ingest_queue(res), [text(d) for d in docs])
         _drain(res)
         assert "split" in Job.fetch(job.id, connection=res.redis, serializer=JSONSerializer).return_value()
         assert_consistent(conn, docs)
@@ -89,7 +78,7 @@ def test_oversized_batch_is_split(settings: Settings, conn: psycopg.Connection[A
 def test_exhausted_job_is_kept_counted_and_requeued(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
     docs = [event(f"f{i}") for i in range(5)]
     conn.execute("ALTER TABLE usage_daily RENAME TO usage_daily_away")  # not a data error: rq retries it
-    q = _queue(res)
+    q = ingest_queue(res)
     job = q.enqueue_call(  # no retries left, to exhaust it at once
         func=jobspec.INGEST_FUNC, args=([text(d) for d in docs],), failure_ttl=jobspec.FAILURE_TTL
     )
@@ -110,7 +99,7 @@ def test_exhausted_job_is_kept_counted_and_requeued(res: proc.Resources, conn: p
 def test_transient_failure_is_retried_by_rq(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
     docs = [event(f"t{i}") for i in range(5)]
     # the job waits on a lock; its backend is terminated (57P01, as in a Postgres restart): transient
-    q = _queue(res)
+    q = ingest_queue(res)
     locker = psycopg.connect(res.settings.database_url, autocommit=False)
     try:
         locker.execute("LOCK TABLE usage_daily IN ACCESS EXCLUSIVE MODE")
@@ -155,7 +144,7 @@ def test_a_finished_job_is_saved_without_compressing_its_payload_again(
     res: proc.Resources, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     docs = [event(f"z{i}", input_tokens=100 + i) for i in range(200)]
-    job = enqueue_batch(_queue(res), [text(d) for d in docs])
+    job = enqueue_batch(ingest_queue(res), [text(d) for d in docs])
     stored = res.redis.hget(job.key, "data")
     assert stored is not None
     payload = zlib.decompress(stored)

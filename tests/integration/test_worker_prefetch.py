@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,20 +17,10 @@ from billing import ingest
 from billing.db import connect
 from billing.settings import Settings
 from producer import jobspec
-from tests.integration.ingest_util import add_rate, assert_consistent, event, text
+from tests.integration.ingest_util import add_rate, assert_consistent, event, ingest_queue, text
 from worker import worker as proc
 from worker.jobs import enqueue_batch
 from worker.prefetch import SWITCH_INTERVAL, Prefetcher
-
-
-@pytest.fixture
-def res(settings: Settings) -> Iterator[proc.Resources]:
-    yield proc.setup(settings)
-    proc.close()
-
-
-def _queue(res: proc.Resources) -> Queue:
-    return Queue(res.settings.queue, connection=res.redis, serializer=JSONSerializer)
 
 
 def _mixed_batch(tag: str) -> tuple[list[str], list[dict[str, Any]]]:
@@ -112,7 +101,7 @@ def _stored(res: proc.Resources, job: Job) -> bytes:
 
 
 def test_look_ahead_prepares_the_job_at_the_head_of_the_queue(res: proc.Resources) -> None:
-    q = _queue(res)
+    q = ingest_queue(res)
     texts = [text(event(f"h{i}")) for i in range(20)] + ["not json"]
     job = enqueue_batch(q, texts)
     prefetcher = _prefetcher(res, q)
@@ -127,7 +116,7 @@ def test_look_ahead_prepares_the_job_at_the_head_of_the_queue(res: proc.Resource
 
 
 def test_a_job_loaded_from_the_prepared_payload_is_the_same_job(res: proc.Resources) -> None:
-    q = _queue(res)
+    q = ingest_queue(res)
     texts = [text(event(f"r{i}")) for i in range(5)]
     job = enqueue_batch(q, texts)
     stored = _stored(res, job)
@@ -151,7 +140,7 @@ def test_a_job_loaded_from_the_prepared_payload_is_the_same_job(res: proc.Resour
 
 
 def test_look_ahead_of_another_payload_is_not_used(res: proc.Resources) -> None:
-    q = _queue(res)
+    q = ingest_queue(res)
     job = enqueue_batch(q, [text(event("o1")), text(event("o2"))])
     prefetcher = _prefetcher(res, q)
     prefetcher.ahead("current")
@@ -166,7 +155,7 @@ def test_look_ahead_of_another_payload_is_not_used(res: proc.Resources) -> None:
 
 
 def test_look_ahead_leaves_oversized_jobs_to_the_job(res: proc.Resources) -> None:
-    q = _queue(res)
+    q = ingest_queue(res)
     big = enqueue_batch(q, [text(event(f"b{i}")) for i in range(12)])
     prefetcher = Prefetcher(res.redis, [q.key], max_events=10, max_bytes=4_000_000)
     prefetcher.ahead("current")
@@ -175,7 +164,7 @@ def test_look_ahead_leaves_oversized_jobs_to_the_job(res: proc.Resources) -> Non
 
 
 def test_look_ahead_survives_a_failure(res: proc.Resources) -> None:
-    q = _queue(res)
+    q = ingest_queue(res)
     calls: list[int] = []
 
     def flaky(events: list[Any]) -> ingest.Prepared:
@@ -202,7 +191,7 @@ def test_look_ahead_survives_a_failure(res: proc.Resources) -> None:
 def test_switch_interval_is_lowered_only_while_active(res: proc.Resources) -> None:
     before = sys.getswitchinterval()
     sys.setswitchinterval(0.005)
-    prefetcher = _prefetcher(res, _queue(res))
+    prefetcher = _prefetcher(res, ingest_queue(res))
     try:
         prefetcher.activate(True)
         assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL, abs=2e-6)  # microsecond resolution
@@ -215,7 +204,7 @@ def test_switch_interval_is_lowered_only_while_active(res: proc.Resources) -> No
 def test_worker_ingests_with_its_look_ahead(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
     add_rate(conn)
     docs = [event(f"w{i}", user_id=f"u{i % 5}", input_tokens=100 + i) for i in range(1200)]
-    q = _queue(res)
+    q = ingest_queue(res)
     for i in range(0, len(docs), 200):
         enqueue_batch(q, [text(d) for d in docs[i : i + 200]] + [text(docs[i])])  # and a re-send
     worker = proc.make_worker(res.redis, [res.settings.queue])
@@ -230,7 +219,7 @@ def test_worker_ingests_with_its_look_ahead(res: proc.Resources, conn: psycopg.C
 def test_worker_with_another_worker_on_its_queue_does_not_look_ahead(
     res: proc.Resources, conn: psycopg.Connection[Any]
 ) -> None:
-    q = _queue(res)
+    q = ingest_queue(res)
     other = SimpleWorker([q], connection=res.redis, serializer=JSONSerializer)
     other.register_birth()
     try:
