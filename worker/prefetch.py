@@ -112,12 +112,13 @@ class Prefetcher:
             self._cond.notify_all()
 
     def payload(self, job_id: str, packed: bytes) -> tuple[bytes, list[Any]] | None:
-        """The decompressed and decoded payload of `job_id` when the look-ahead read these very bytes, so
-        that rq need not decompress and decode it again (`worker.worker.IngestJob.restore`); once per job."""
+        """The decompressed and decoded payload of `job_id` when the look-ahead read these very (compressed)
+        bytes, so that rq need not decompress and decode it again (`worker.worker.IngestJob.restore`);
+        once per job. Never waits: rq calls it while the job sits in its intermediate list, where a job
+        that lingers is taken for abandoned (`worker.worker.recover_abandoned`); `take` waits instead."""
         with self._cond:
-            self._cond.wait_for(lambda: self._busy != job_id, timeout=WAIT_SECONDS)
             ahead = self._ready.get(job_id)
-            if ahead is None or not ahead.decoded or ahead.packed != packed:
+            if ahead is None or not ahead.decoded or ahead.packed != packed or ahead.plain is ahead.packed:
                 return None
             decoded, ahead.decoded = ahead.decoded, []
             return ahead.plain, decoded

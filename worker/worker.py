@@ -161,7 +161,7 @@ class IngestJob(Job):
     def restore(self, raw_data: dict[bytes, bytes]) -> None:
         packed = raw_data.get(b"data")
         ahead = None
-        if _prefetcher is not None and packed is not None:
+        if _prefetcher is not None and packed is not None and self.serializer is JSONSerializer:
             ahead = _prefetcher.payload(self.id, packed)
         if packed is not None and ahead is not None:
             # the look-ahead decompressed and decoded these very bytes: rq keeps a payload it cannot
@@ -173,7 +173,6 @@ class IngestJob(Job):
             self._packed = (plain, packed)
             return
         super().restore(raw_data)
-        packed = raw_data.get(b"data")
         data = self._data
         # rq keeps a payload it cannot decompress as it was read: the same object, nothing to reuse
         self._packed = (data, packed) if isinstance(data, bytes) and packed is not None and packed is not data else None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
+import zlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -133,10 +135,39 @@ def test_a_job_loaded_from_the_prepared_payload_is_the_same_job(res: proc.Resour
         assert again.args == [texts] and again.args[0] is not loaded.args[0]
         loaded.save()
         assert _stored(res, job) == stored  # saved back as the very bytes it was loaded from
+        assert prefetcher.payload(job.id, stored) is None  # handed out once only
         prepared = prefetcher.take(job.id, loaded.stored_payload())
         assert prepared is not None and prepared.events is loaded.args[0]
     finally:
         proc._prefetcher = proc_prefetcher
+
+
+def test_payload_never_waits_and_skips_uncompressed_jobs(res: proc.Resources) -> None:
+    q = ingest_queue(res)
+    texts = [text(event(f"u{i}")) for i in range(3)]
+    job = enqueue_batch(q, texts)
+    plain = zlib.decompress(_stored(res, job))
+    res.redis.hset(Job.key_for(job.id), "data", plain)  # as rq stores a payload it could not compress
+    release = threading.Event()
+
+    def slow(events: list[Any]) -> ingest.Prepared:
+        release.wait(10)
+        return ingest.prepare(events)
+
+    prefetcher = _prefetcher(res, q, prepare=slow)
+    prefetcher.ahead("current")
+    deadline = time.monotonic() + 10
+    while prefetcher._busy != job.id:  # the thread is validating this job
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    started = time.monotonic()
+    assert prefetcher.payload(job.id, plain) is None  # rq decodes it itself rather than wait
+    assert time.monotonic() - started < 0.5
+    release.set()
+    _wait_ready(prefetcher, job.id)
+    assert prefetcher.payload(job.id, plain) is None  # stored uncompressed: nothing to save rq
+    prepared = prefetcher.take(job.id, plain)
+    assert prepared is not None and prepared.events == texts
 
 
 def test_look_ahead_of_another_payload_is_not_used(res: proc.Resources) -> None:
