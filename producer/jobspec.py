@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 #: the rq job function; a job's only argument is a list of events, each one event's JSON text as sent
 INGEST_FUNC = "worker.jobs.ingest_batch"
@@ -17,6 +18,11 @@ RETRY_INTERVALS = (1, 2, 5, 15, 30, 60, 120, 300)
 #: keep results briefly and failures effectively for ever (rq's default failure_ttl is one year)
 RESULT_TTL = 600
 FAILURE_TTL = 10 * 365 * 24 * 3600
+
+
+def batch_bytes(events: list[Any]) -> int:
+    """A job's size as USAGEBILL_BATCH_MAX_BYTES bounds it: the length of its events' JSON texts."""
+    return sum(len(e) for e in events if isinstance(e, str))
 
 
 def queue_name() -> str:

@@ -65,7 +65,7 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
     settings = res.settings
     job = get_current_job()
     job_id = job.id if job is not None else None
-    size = sum(len(e) for e in events if isinstance(e, str))
+    size = jobspec.batch_bytes(events)
     if len(events) > 1 and (len(events) > settings.batch_size or size > settings.batch_max_bytes):
         return _split(job, events, f"batch of {len(events)} events / {size} bytes exceeds the bounds")
     if len(events) == 1 and size > settings.batch_max_bytes:
@@ -97,11 +97,8 @@ def _ingest_once(
     for attempt in (1, 2):
         try:
             with res.pool.connection() as conn:
-                if prepared is not None:
-                    return ingest.ingest_batch(
-                        conn, prepared.events, settings=res.settings, job_id=job_id, prepared=prepared
-                    )
-                return ingest.ingest_batch(conn, events, settings=res.settings, job_id=job_id)
+                batch = prepared.events if prepared is not None else events  # equal; prepared rows are for it
+                return ingest.ingest_batch(conn, batch, settings=res.settings, job_id=job_id, prepared=prepared)
         except (psycopg.Error, PoolTimeout, TransientError) as exc:
             if not _transient(exc):
                 raise

@@ -216,6 +216,6 @@ class Prefetcher:
         if not isinstance(args, list) or not args or not isinstance(args[0], list):
             return None
         events: list[Any] = args[0]
-        if len(events) > self._max_events or sum(len(e) for e in events if isinstance(e, str)) > self._max_bytes:
+        if len(events) > self._max_events or jobspec.batch_bytes(events) > self._max_bytes:
             return None  # the job splits it without validating
         return packed, plain, decoded

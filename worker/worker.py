@@ -183,15 +183,15 @@ class IngestJob(Job):
         return packed[1] if packed is not None and self._data is packed[0] else None
 
     def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
-        packed = self._packed
-        if packed is None or self._data is not packed[0]:
+        stored = self.stored_payload()
+        if stored is None:
             return super().to_dict(include_meta=include_meta, include_result=include_result)
         # rq compresses self.data: a shallow copy with no payload gives it nothing to compress, and this
         # job is never left without its payload, whichever thread looks at it meanwhile
         bare = copy.copy(self)
         bare._data = b""
         obj = Job.to_dict(bare, include_meta=include_meta, include_result=include_result)
-        obj["data"] = packed[1]
+        obj["data"] = stored
         return obj
 
 
