@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import importlib
@@ -83,6 +84,9 @@ class IngestResult:
     org_months: list[tuple[str, date]] = field(default_factory=list)
     #: quota reservations settled by the inserted events
     reservation_ids: list[str] = field(default_factory=list)
+    #: the counts of each waiting job whose batch this transaction also carried (`Rider`), in the order
+    #: staged; the counts above are this job's own, org_months and reservation_ids the transaction's
+    merged: dict[str, IngestResult] = field(default_factory=dict)
 
 
 def test_pause(step: str) -> None:
@@ -120,6 +124,16 @@ class Prepared:
     block: str
     latest: datetime | None
     rejected: list[Rejection]
+
+
+@dataclass(frozen=True)
+class Rider:
+    """The prepared batch of another job waiting in the queue, carried by this job's transaction (the
+    worker merges waiting jobs, worker/prefetch.py): its rows are staged after the job's own, in order,
+    and its rejections are parked under its own job id."""
+
+    job_id: str
+    prepared: Prepared
 
 
 def prepare(events: Sequence[Any]) -> Prepared:
@@ -200,6 +214,7 @@ def ingest_batch(
     settings: Settings,
     job_id: str | None = None,
     prepared: Prepared | None = None,
+    riders: Sequence[Rider] = (),
 ) -> IngestResult:
     """Ingest one batch in one transaction on `conn`; returns once it is committed.
 
@@ -208,6 +223,8 @@ def ingest_batch(
     event_id with another payload is recorded in event_conflicts and never counted. Database errors
     propagate (the caller decides: retry when transient, split the batch when not). `prepared`, when
     given, is `events` already validated (`prepare`): its rows are used instead of validating again.
+    `riders` are other jobs' prepared batches that the same transaction carries, staged after this
+    one in their order: all of them commit together, or none does.
     """
     if prepared is not None and prepared.events is not events:
         # a caller's bug, not the data's: never split a batch for it (ValueError would, see worker.jobs)
@@ -215,7 +232,7 @@ def ingest_batch(
     test_pause("before_tx")
     fresh = conn not in _staged
     try:
-        result = _transaction(conn, events, settings, fresh=fresh, job_id=job_id, prepared=prepared)
+        result = _transaction(conn, events, settings, fresh=fresh, job_id=job_id, prepared=prepared, riders=riders)
     except psycopg.errors.UndefinedTable as exc:
         _staged.discard(conn)
         if "ingest_stage" in str(exc) or "ingest_new" in str(exc):
@@ -240,10 +257,18 @@ def _transaction(
     fresh: bool,
     job_id: str | None,
     prepared: Prepared | None,
+    riders: Sequence[Rider] = (),
 ) -> IngestResult:
     rejected: list[Rejection] = [] if prepared is None else list(prepared.rejected)
-    staged = inserted = conflicts = 0
+    # each rider's rejections, parked under its own job id (the clock's check appends to them)
+    rider_rejected = [list(r.prepared.rejected) for r in riders]
+    # per part of the transaction (the job's batch, then each rider's): rows staged, inserted, conflicting
+    staged = [0] * (1 + len(riders))
+    inserted, conflicts = [0] * len(staged), [0] * len(staged)
+    received = [len(events), *(len(r.prepared.events) for r in riders)]
+    bounds = [sum(received[:i]) for i in range(len(received))]  # each part's first position
     summary: list[tuple[str, date, int]] = []
+    unpriced: list[int] = [0] * len(staged)
     reservations: list[str] = []
     with conn.transaction():
         if fresh:
@@ -259,7 +284,7 @@ def _transaction(
                 rows = validated(events, now=now, future_tolerance=tolerance, rejected=rejected)
             elif prepared.latest is None or prepared.latest <= now + tolerance:
                 # every prepared row is in time: its block goes as it is
-                rows, block, staged = (), prepared.block, len(prepared.rows)
+                rows, block, staged[0] = (), prepared.block, len(prepared.rows)
             else:
                 rows = _in_time(prepared.rows, events, now=now, future_tolerance=tolerance, rejected=rejected)
             with cur.copy(query("ingest", "copy_stage")) as copy:
@@ -270,46 +295,66 @@ def _transaction(
                     lines.append(line)
                     if len(lines) == COPY_CHUNK:
                         copy.write("".join(lines))
-                        staged += len(lines)
+                        staged[0] += len(lines)
                         lines.clear()
                 copy.write("".join(lines))
-                staged += len(lines)
-            if staged:
+                staged[0] += len(lines)
+                for i, (rider, its) in enumerate(zip(riders, rider_rejected, strict=True), start=1):
+                    staged[i] = _copy_rider(copy, rider.prepared, bounds[i], now=now, tolerance=tolerance, rejected=its)
+            if any(staged):
                 routes = cur.execute(query("ingest", "route_months")).fetchall()
                 cur.execute(
                     _claim_and_price(),
                     {"usage_months": [r[0] for r in routes], "billing_months": [r[1] for r in routes]},
                 )
-                inserted = cur.rowcount
-                if inserted:
+                inserted[0] = cur.rowcount
+                if inserted[0]:
                     cur.execute(query("ingest", "upsert_orgs"))
                     cur.execute(query("ingest", "insert_events"))
                     aggregates.add(conn, "ingest_new")
                     summary = [(str(o), m, int(n)) for o, m, n in cur.execute(query("ingest", "new_summary"))]
                     reservations = [str(r) for (r,) in cur.execute(query("ingest", "new_reservations"))]
-                if inserted < staged:
+                    unpriced[0] = sum(n for _, _, n in summary)
+                    if riders:
+                        # each job's own counts: the part of the first copy of each inserted event
+                        inserted[0] = unpriced[0] = 0
+                        for part, n, u in cur.execute(query("ingest", "part_counts"), {"bounds": bounds}):
+                            inserted[part - 1], unpriced[part - 1] = int(n), int(u)
+                if sum(inserted) < sum(staged):
                     # a staged copy can only conflict when its key was already taken (by an earlier
                     # batch or an earlier copy in this one): a batch of only new keys skips the lookups
-                    conflicts = int(_scalar(cur.execute(query("ingest", "record_conflicts")).fetchone()))
-        if rejected:
-            if prepared is not None:
-                rejected.sort(key=lambda r: r.pos)  # the clock's rejections come after the prepared ones
-            park(conn, rejected, job_id=job_id)
+                    for part, n in cur.execute(query("ingest", "record_conflicts"), {"bounds": bounds}):
+                        conflicts[part - 1] = int(n)
+        if prepared is not None:
+            rejected.sort(key=lambda r: r.pos)  # the clock's rejections come after the prepared ones
+        for its_rejected in rider_rejected:
+            its_rejected.sort(key=lambda r: r.pos)
+        parked = [(job_id, r) for r in rejected]
+        parked += [(rider.job_id, r) for rider, its in zip(riders, rider_rejected, strict=True) for r in its]
+        if parked:
+            _park_all(conn, parked)
         org_months = [(o, m) for o, m, _ in summary]
         if org_months:
             hook = quota_hook("record_alerts")
             if hook is not None:
                 hook(conn, org_months)
         test_pause("in_tx")
-    return IngestResult(
-        received=len(events),
-        inserted=inserted,
-        duplicates=staged - inserted - conflicts,
-        conflicts=conflicts,
-        rejected=len(rejected),
-        unpriced=sum(n for _, _, n in summary),
+    counts = [
+        IngestResult(
+            received=received[i],
+            inserted=inserted[i],
+            duplicates=staged[i] - inserted[i] - conflicts[i],
+            conflicts=conflicts[i],
+            rejected=len(rejected if i == 0 else rider_rejected[i - 1]),
+            unpriced=unpriced[i],
+        )
+        for i in range(len(staged))
+    ]
+    return dataclasses.replace(
+        counts[0],
         org_months=org_months,
         reservation_ids=reservations,
+        merged={rider.job_id: c for rider, c in zip(riders, counts[1:], strict=True)},
     )
 
 
@@ -321,16 +366,49 @@ def _claim_and_price() -> sql.Composed:
 
 def park(conn: psycopg.Connection[Any], rejected: Sequence[Rejection], *, job_id: str | None) -> None:
     """Store rejected events with their reasons and raw payloads (one statement), in the caller's transaction."""
+    _park_all(conn, [(job_id, r) for r in rejected])
+
+
+def _park_all(conn: psycopg.Connection[Any], parked: Sequence[tuple[str | None, Rejection]]) -> None:
+    # one statement for every rejection of the transaction, each under the job it came with
     conn.execute(
         query("ingest", "insert_rejected"),
         {
-            "job_id": job_id,
-            "event_ids": [r.event_id for r in rejected],
-            "org_ids": [r.org_id for r in rejected],
-            "reasons": [r.reason for r in rejected],
-            "raws": [r.raw for r in rejected],
+            "job_ids": [j for j, _ in parked],
+            "event_ids": [r.event_id for _, r in parked],
+            "org_ids": [r.org_id for _, r in parked],
+            "reasons": [r.reason for _, r in parked],
+            "raws": [r.raw for _, r in parked],
         },
     )
+
+
+def _copy_rider(
+    copy: psycopg.Copy,
+    prepared: Prepared,
+    offset: int,
+    *,
+    now: datetime,
+    tolerance: timedelta,
+    rejected: list[Rejection],
+) -> int:
+    """COPY a rider's rows after what is staged, its positions moved past `offset` (a copy of an event_id
+    that comes first in the queue keeps coming first: the first copy by position claims the key); the
+    clock's check as for the job's own batch. Returns how many rows were staged."""
+    rows: Iterable[Row] = prepared.rows
+    if prepared.latest is not None and prepared.latest > now + tolerance:
+        rows = list(_in_time(rows, prepared.events, now=now, future_tolerance=tolerance, rejected=rejected))
+    staged = 0
+    lines: list[str] = []
+    for pos, _, line in rows:
+        # the line starts with its position: the rider's own, from 0
+        lines.append(f"{pos + offset}{line[len(str(pos)) :]}")
+        if len(lines) == COPY_CHUNK:
+            copy.write("".join(lines))
+            staged += len(lines)
+            lines.clear()
+    copy.write("".join(lines))
+    return staged + len(lines)
 
 
 def rejection(pos: int, item: Any, reason: str) -> Rejection:
@@ -486,7 +564,3 @@ def _jsonb_clean(value: Any) -> Any:
     if isinstance(value, list):
         return [_jsonb_clean(v) for v in value]
     return value
-
-
-def _scalar(row: tuple[Any, ...] | None) -> Any:
-    return row[0] if row else 0

@@ -47,6 +47,14 @@ class Settings(BaseSettings):
         alias="USAGEBILL_PREFETCH",
         description="Worker look-ahead: validate the next queued batch while the current one runs in Postgres.",
     )
+    merge_max_events: int = Field(
+        4000,
+        alias="USAGEBILL_MERGE_MAX_EVENTS",
+        ge=0,
+        le=100_000,
+        description="Events one ingest transaction may carry from jobs waiting in the queue, its own included"
+        " (with the look-ahead; 0: one job per transaction).",
+    )
     db_pool_size: int = Field(4, alias="USAGEBILL_DB_POOL_SIZE", ge=1, description="Connections per worker process.")
     metrics_port: int = Field(
         0,

@@ -14,6 +14,7 @@ from psycopg_pool import PoolTimeout
 from rq import Queue, Retry, get_current_job
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.timeouts import BaseTimeoutException
 
 from billing import ingest
 from billing.db import first_line, is_transient
@@ -65,6 +66,11 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
     settings = res.settings
     job = get_current_job()
     job_id = job.id if job is not None else None
+    done = proc.merged_into(job)
+    if done is not None:
+        # its batch was committed by the transaction of a job queued before it (worker/prefetch.py): its
+        # own counts, and which job carried it
+        return done
     size = jobspec.batch_bytes(events)
     if len(events) > 1 and (len(events) > settings.batch_size or size > settings.batch_max_bytes):
         return _split(job, events, f"batch of {len(events)} events / {size} bytes exceeds the bounds")
@@ -73,9 +79,14 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
         return {"received": 1, "rejected": 1, "parked": 1}
     # the look-ahead may have validated this batch while the previous job ran (worker/prefetch.py)
     prepared = proc.prepared_for(job)
-    proc.look_ahead(job_id)  # the next job's validation runs while this one is in Postgres
+    # prepared jobs waiting right after this one go in the same transaction (a backlog drains in fewer,
+    # larger transactions); asked before the look-ahead, which then prepares the jobs after them
+    riders = proc.riders_for(job, len(events), size)
+    proc.look_ahead(job_id)  # the next jobs' validation runs while this one is in Postgres
+    result = _ingest_carrying(res, events, job_id, prepared, riders) if riders else None
     try:
-        result = _ingest_once(res, events, job_id, prepared)
+        if result is None:
+            result = _ingest_once(res, events, job_id, prepared)
     except DATA_ERRORS as exc:
         reason = f"ingest failed: {type(exc).__name__}: {first_line(exc)}"
         if len(events) > 1:
@@ -84,13 +95,52 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
         return {"received": 1, "rejected": 1, "parked": 1}
     ingest.test_pause("after_commit")
     _refresh_mirror(res, result.org_months, result.reservation_ids)
+    return _result(result)
+
+
+def _result(result: ingest.IngestResult) -> dict[str, Any]:
+    # the job's result as rq stores it (JSON): its counts, and the ids of the jobs it carried
     out = asdict(result)
     out["org_months"] = [[org, month.isoformat()] for org, month in result.org_months]
+    out["merged"] = list(result.merged)
     return out
 
 
+def _ingest_carrying(
+    res: proc.Resources,
+    events: list[str],
+    job_id: str | None,
+    prepared: ingest.Prepared | None,
+    riders: list[ingest.Rider],
+) -> ingest.IngestResult | None:
+    """The job's batch and its riders' in one transaction; None when that failed (nothing of it was
+    committed): then the job runs alone, with its own error handling, and the riders on their own."""
+    try:
+        result = _ingest_once(res, events, job_id, prepared, riders)
+    except BaseTimeoutException:  # rq's job timeout: the job fails as it would alone
+        proc.merge_dropped()
+        raise
+    except Exception as exc:  # whatever it was, each job meets it again on its own (split, retry, park)
+        proc.merge_dropped()
+        log.warning(
+            "transaction of job %s carrying %d waiting job(s) failed, each runs on its own: %s: %s",
+            job_id,
+            len(riders),
+            type(exc).__name__,
+            first_line(exc),
+        )
+        return None
+    # each carried job, when rq hands it over, finishes with its own counts
+    proc.merge_committed({rider: {**_result(counts), "merged_into": job_id} for rider, counts in result.merged.items()})
+    return result
+
+
 def _ingest_once(
-    res: proc.Resources, events: list[str], job_id: str | None, prepared: ingest.Prepared | None = None
+    res: proc.Resources,
+    events: list[str],
+    job_id: str | None,
+    prepared: ingest.Prepared | None = None,
+    riders: list[ingest.Rider] | None = None,
 ) -> ingest.IngestResult:
     # A pooled connection may have died with a Postgres restart: the pool drops it, so try once more
     # at once on a fresh one before letting rq's Retry (seconds later) take over.
@@ -98,7 +148,9 @@ def _ingest_once(
         try:
             with res.pool.connection() as conn:
                 batch = prepared.events if prepared is not None else events  # equal; prepared rows are for it
-                return ingest.ingest_batch(conn, batch, settings=res.settings, job_id=job_id, prepared=prepared)
+                return ingest.ingest_batch(
+                    conn, batch, settings=res.settings, job_id=job_id, prepared=prepared, riders=riders or ()
+                )
         except (psycopg.Error, PoolTimeout, TransientError) as exc:
             if not _transient(exc):
                 raise

@@ -2,17 +2,27 @@
 
 A worker's batch spends most of its time waiting for Postgres, and the validation of the batch
 (pydantic, canonical JSON, sha256, its COPY lines) runs before that, on the worker's own core. Once a
-job's batch goes to Postgres, this thread reads the job at the head of the worker's queues (LINDEX and
-HGET: reads only, the job stays queued for whichever worker takes it), decodes it and validates its
-events. When this worker then takes that job, the job uses the prepared rows if its payload is the very
-bytes that were prepared; otherwise, or when nothing was prepared, it validates as usual. Nothing here
-changes which worker runs a job, or when, or what is stored: a look-ahead that is wrong or lost costs
-the work it did (CPU, and ~3.5 MB per prepared 1000-event job: its payload, decoded, and its COPY
-lines; at most KEEP of them), and a job waits for it only while it validates that very job.
+job's batch goes to Postgres, this thread reads the jobs at the head of the worker's queues (LRANGE and
+HGET: reads only, the jobs stay queued for whichever worker takes them), decodes them and validates
+their events. When this worker then takes such a job, the job uses the prepared rows if its payload is
+the very bytes that were prepared; otherwise, or when nothing was prepared, it validates as usual. A
+look-ahead that is wrong or lost costs the work it did (CPU, and ~3.5 MB per prepared 1000-event job:
+its payload, decoded, and its COPY lines; at most KEEP_ROUNDS rounds of them), and a job waits for it
+only while it validates that very job.
 
 The thread validates while the main thread waits on Postgres (psycopg releases the GIL while it
 waits); while the look-ahead is active the interpreter's switch interval is lowered, so that a reply
 from Postgres is not left waiting up to 5 ms for the GIL while the thread validates.
+
+Merging waiting jobs. A transaction costs ~20 ms whatever its size (rq, the aggregates' lines, the
+statements' start-up, the commit), so a backlog of small jobs is slow to drain. Each round prepares as
+many waiting events as one transaction carries (`round_events`), and a job whose batch goes to Postgres
+carries (`riders`) the prepared jobs queued right after it, as a contiguous run from the head of its
+queue and within `merge_events` events in all: their rows go in the same transaction, after its own.
+Once it commits, those jobs are done (`merged_into`): when rq hands them to this worker they finish at
+once, pointing at the job that carried them. They stay queued until then, so nothing is lost if this
+worker dies: a job whose events were committed runs again and inserts nothing (event ids dedup); a
+transaction that fails leaves them to run on their own.
 """
 
 from __future__ import annotations
@@ -37,10 +47,18 @@ log = logging.getLogger("usagebill.prefetch")
 
 #: seconds between forced GIL hand-overs while the look-ahead is active (CPython's default is 5 ms)
 SWITCH_INTERVAL = 0.0002
-#: prepared batches kept for jobs not taken yet (the one after the current job, and one more)
-KEEP = 2
+#: a round prepares the jobs at the head of the queue up to this many, and up to its events budget
+#: (`round_events`: what one transaction may carry, at least one full job)
+ROUND_JOBS = 64
+#: prepared batches kept for jobs not taken yet: a round's budget and as much again, in events; and
+#: committed riders not handed to this worker yet, in jobs
+KEEP_ROUNDS = 2
 #: how long a job waits for the look-ahead that is validating this very job before validating itself
 WAIT_SECONDS = 2.0
+
+
+#: what a committed rider keeps instead of its rows
+_SPENT = ingest.Prepared(events=(), rows=[], block="", latest=None, rejected=[])
 
 
 @dataclass
@@ -51,13 +69,16 @@ class _Ahead:
     prepared: ingest.Prepared
     plain: bytes  # the payload decompressed
     decoded: list[Any]  # rq's (function, instance, args, kwargs), as rq's JSON serializer decodes it
+    size: int = 0  # its events' bytes, as USAGEBILL_BATCH_MAX_BYTES counts them
 
 
 class Prefetcher:
-    """One background thread that prepares the job at the head of `queue_keys` when asked (`ahead`).
+    """One background thread that prepares the jobs at the head of `queue_keys` when asked (`ahead`), in
+    queue order: per round, as many events as one transaction may carry (`round_events`).
 
     Jobs above `max_events` events or `max_bytes` bytes of events are not prepared: the job splits them
-    without validating them.
+    without validating them. A job carries as riders at most `merge_events` events of other jobs
+    (0: none).
     """
 
     def __init__(
@@ -67,31 +88,52 @@ class Prefetcher:
         *,
         max_events: int,
         max_bytes: int,
+        merge_events: int = 0,
         prepare: Callable[[list[Any]], ingest.Prepared] = ingest.prepare,
     ) -> None:
         self._connection = connection
         self._queue_keys = list(queue_keys)
         self._max_events, self._max_bytes = max_events, max_bytes
+        self.merge_events = merge_events
         self._prepare = prepare
         self._cond = threading.Condition()
         self._asked = False
         self._current: str | None = None
         self._busy: str | None = None  # the job id being validated
-        self._ready: dict[str, _Ahead] = {}  # job id -> what was prepared for it, oldest first
+        self._ready: dict[str, _Ahead] = {}  # job id -> what was prepared for it, in queue order
+        self._riding: dict[str, _Ahead] = {}  # riders of the transaction in flight
+        self._carrier: str | None = None  # the job whose transaction carries them
+        self._done: dict[str, tuple[_Ahead, dict[str, Any]]] = {}  # committed riders -> (what, their result)
         self._default_interval = sys.getswitchinterval()
         self.active = False
         #: jobs that found their batch prepared, and jobs that did not (validated in the job)
         self.hits = 0
         self.misses = 0
+        #: jobs whose batch another job's transaction committed
+        self.merged = 0
         self._thread = threading.Thread(target=self._run, name="usagebill-prefetch", daemon=True)
         self._thread.start()
 
-    def retarget(self, connection: redis.Redis, queue_keys: Sequence[str], *, max_events: int, max_bytes: int) -> None:
+    def retarget(
+        self,
+        connection: redis.Redis,
+        queue_keys: Sequence[str],
+        *,
+        max_events: int,
+        max_bytes: int,
+        merge_events: int = 0,
+    ) -> None:
         """Look ahead in these queues from now on (what was prepared is kept: `take` checks the payload)."""
         with self._cond:
             self._connection = connection
             self._queue_keys = list(queue_keys)
             self._max_events, self._max_bytes = max_events, max_bytes
+            self.merge_events = merge_events
+
+    @property
+    def round_events(self) -> int:
+        """Events a round prepares at most (then it stops at the end of a job): what a transaction carries."""
+        return max(self.merge_events, self._max_events, 1)
 
     def activate(self, active: bool) -> None:
         """Whether jobs look ahead from now on (the worker's choice: only while alone on its queues)."""
@@ -105,7 +147,8 @@ class Prefetcher:
             sys.setswitchinterval(self._default_interval)
 
     def ahead(self, current_job_id: str) -> None:
-        """The batch of `current_job_id` goes to Postgres: prepare the job queued after it (in the background)."""
+        """The batch of `current_job_id` (and of its riders) goes to Postgres: prepare the jobs queued after
+        them (in the background)."""
         with self._cond:
             self._current = current_job_id
             self._asked = True
@@ -118,6 +161,8 @@ class Prefetcher:
         that lingers is taken for abandoned (`worker.worker.recover_abandoned`); `take` waits instead."""
         with self._cond:
             ahead = self._ready.get(job_id)
+            if ahead is None and job_id in self._done:
+                ahead = self._done[job_id][0]
             if ahead is None or not ahead.decoded or ahead.packed != packed or ahead.plain is ahead.packed:
                 return None
             decoded, ahead.decoded = ahead.decoded, []
@@ -140,10 +185,68 @@ class Prefetcher:
                 self.misses += 1
             return ahead.prepared if hit and ahead is not None else None
 
+    def riders(self, job_id: str, queued: Sequence[str], own_events: int, own_bytes: int) -> list[ingest.Rider]:
+        """The prepared jobs that `job_id`'s transaction carries: `queued` is its queue's head now, in
+        order; the riders are the prepared jobs at its front, up to the first one that is not prepared
+        (so jobs still commit in queue order), within `merge_events` events and `max_bytes` bytes of
+        events with the job's own. Never waits.
+        """
+        with self._cond:
+            if self._riding:  # a transaction ended without saying how (an interrupt): its riders run alone
+                log.warning("riders of job %s left behind: they run on their own", self._carrier)
+                self._riding.clear()
+            room, room_bytes = self.merge_events - own_events, self._max_bytes - own_bytes
+            out: list[ingest.Rider] = []
+            for queued_id in queued:
+                ahead = self._ready.get(queued_id)
+                if ahead is None or queued_id == job_id or len(ahead.prepared.events) > room or ahead.size > room_bytes:
+                    break
+                room -= len(ahead.prepared.events)
+                room_bytes -= ahead.size
+                self._riding[queued_id] = self._ready.pop(queued_id)
+                out.append(ingest.Rider(queued_id, ahead.prepared))
+            self._carrier = job_id if out else None
+            return out
+
+    def committed(self, results: dict[str, dict[str, Any]]) -> None:
+        """The transaction carrying the riders committed: their jobs are done (`merged_into`), each with
+        its result in `results`."""
+        with self._cond:
+            for rider_id, ahead in self._riding.items():
+                ahead.prepared = _SPENT  # its rows are in Postgres: only the payload handout may still need it
+                self._done[rider_id] = (ahead, results[rider_id])
+                self.merged += 1
+            self._riding.clear()
+            self._carrier = None
+            while len(self._done) > KEEP_ROUNDS * ROUND_JOBS:
+                # jobs another worker took meanwhile: forget the oldest (were one still run, it inserts nothing)
+                del self._done[next(iter(self._done))]
+
+    def dropped(self) -> None:
+        """The transaction carrying the riders failed: they run on their own (validating themselves)."""
+        with self._cond:
+            self._riding.clear()
+            self._carrier = None
+
+    def merged_into(self, job_id: str, packed: bytes | None) -> dict[str, Any] | None:
+        """The result of `job_id` when a committed transaction carried its batch, from these very payload
+        bytes; once per job."""
+        with self._cond:
+            done = self._done.get(job_id)
+            if done is None or packed is None or done[0].packed != packed:
+                return None
+            del self._done[job_id]
+            return done[1]
+
     def ready_ids(self) -> list[str]:
-        """The jobs prepared and not taken yet, oldest first."""
+        """The jobs prepared and not taken yet, in queue order."""
         with self._cond:
             return list(self._ready)
+
+    def done_ids(self) -> list[str]:
+        """The jobs whose batch a committed transaction carried, not handed to this worker yet."""
+        with self._cond:
+            return list(self._done)
 
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -153,27 +256,32 @@ class Prefetcher:
             with self._cond:
                 self._cond.wait_for(lambda: self._asked)
                 self._asked = False
-                skip = {self._current, *self._ready}
-                connection, keys = self._connection, self._queue_keys
+                connection, keys, budget = self._connection, self._queue_keys, self.round_events
+                skip = self._taken()
             try:
-                self._look(connection, keys, skip)
+                for job_id in self._next_job_ids(connection, keys, skip):
+                    budget -= self._look(connection, job_id)
+                    if budget <= 0:
+                        break
             except Exception:  # never let the thread die: a job then validates itself, as without it
                 log.warning("look-ahead failed (jobs validate their own batches meanwhile)", exc_info=True)
                 with self._cond:
                     self._busy = None
                     self._cond.notify_all()
 
-    def _look(self, connection: redis.Redis, keys: list[str], skip: set[str | None]) -> None:
-        job_id = self._next_job_id(connection, keys, skip)
-        if job_id is None:
-            return
+    def _taken(self) -> set[str | None]:
+        # jobs the look-ahead must not prepare (again): running, prepared, riding or done
+        return {self._current, *self._ready, *self._riding, *self._done}
+
+    def _look(self, connection: redis.Redis, job_id: str) -> int:
+        # prepares one job; returns its events (0 when not prepared)
         loaded = self._load(connection, job_id)  # a slow Redis delays only this thread, never a job
         if loaded is None:
-            return
-        packed, plain, decoded = loaded
+            return 0
+        packed, plain, decoded, size = loaded
         with self._cond:
-            if job_id == self._current:
-                return  # taken and started meanwhile: it validated itself
+            if job_id in self._taken():
+                return 0  # taken and started meanwhile: it validated itself
             self._busy = job_id  # from here on, that job waits for this look-ahead instead of racing it
         prepared = None
         try:
@@ -182,24 +290,26 @@ class Prefetcher:
             with self._cond:
                 self._busy = None
                 if prepared is not None:
-                    self._ready[job_id] = _Ahead(packed, prepared, plain, decoded)
-                    while len(self._ready) > KEEP:  # jobs taken by other workers: forget the oldest
+                    self._ready[job_id] = _Ahead(packed, prepared, plain, decoded, size)
+                    keep = KEEP_ROUNDS * self.round_events
+                    while len(self._ready) > 1 and sum(len(a.prepared.events) for a in self._ready.values()) > keep:
+                        # jobs taken by other workers: forget the oldest
                         del self._ready[next(iter(self._ready))]
                 self._cond.notify_all()
+        return len(prepared.events) if prepared is not None else 0
 
     @staticmethod
-    def _next_job_id(connection: redis.Redis, keys: list[str], skip: set[str | None]) -> str | None:
-        # the job a worker takes next is the head of its first non-empty queue (rq dequeues with LMOVE
-        # from the left, in queue order)
+    def _next_job_ids(connection: redis.Redis, keys: list[str], skip: set[str | None]) -> list[str]:
+        # the jobs a worker takes next are at the head of its first non-empty queue (rq dequeues with LMOVE
+        # from the left, in queue order); those already taken care of are passed over
         for key in keys:
-            head = connection.lindex(key, 0)
-            if head is None:
+            heads = connection.lrange(key, 0, ROUND_JOBS + len(skip) - 1)
+            if not heads:
                 continue
-            job_id = head.decode("utf-8", errors="replace") if isinstance(head, bytes) else str(head)
-            return None if job_id in skip else job_id
-        return None
+            return [i for i in map(_text, heads) if i not in skip][:ROUND_JOBS]
+        return []
 
-    def _load(self, connection: redis.Redis, job_id: str) -> tuple[bytes, bytes, list[Any]] | None:
+    def _load(self, connection: redis.Redis, job_id: str) -> tuple[bytes, bytes, list[Any], int] | None:
         # the job's payload as rq stores it: zlib-compressed JSON of (function, instance, args, kwargs)
         packed = connection.hget(Job.key_for(job_id), "data")
         if not isinstance(packed, bytes):
@@ -216,6 +326,11 @@ class Prefetcher:
         if not isinstance(args, list) or not args or not isinstance(args[0], list):
             return None
         events: list[Any] = args[0]
-        if len(events) > self._max_events or jobspec.batch_bytes(events) > self._max_bytes:
+        size = jobspec.batch_bytes(events)
+        if len(events) > self._max_events or size > self._max_bytes:
             return None  # the job splits it without validating
-        return packed, plain, decoded
+        return packed, plain, decoded, size
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)

@@ -25,7 +25,7 @@ from billing.db import make_pool
 from billing.errors import ConfigError, RedisUnavailable
 from billing.settings import Settings, redact
 from producer import jobspec
-from worker.prefetch import Prefetcher
+from worker.prefetch import ROUND_JOBS, Prefetcher
 
 log = logging.getLogger("usagebill.worker")
 
@@ -251,18 +251,53 @@ def make_worker(client: redis.Redis, names: Sequence[str], *, prefetch: bool = T
     if prefetch:
         settings = resources().settings
         keys, most, size = [q.key for q in serve], settings.batch_size, settings.batch_max_bytes
+        merge = settings.merge_max_events
         if _prefetcher is None:
-            _prefetcher = Prefetcher(client, keys, max_events=most, max_bytes=size)
+            _prefetcher = Prefetcher(client, keys, max_events=most, max_bytes=size, merge_events=merge)
         else:  # a process that makes another worker (tests): one thread, now for these queues
-            _prefetcher.retarget(client, keys, max_events=most, max_bytes=size)
+            _prefetcher.retarget(client, keys, max_events=most, max_bytes=size, merge_events=merge)
         worker.prefetcher = _prefetcher
     return worker
 
 
 def look_ahead(job_id: str | None) -> None:
-    """The job `job_id` goes to Postgres now: the look-ahead may prepare the job queued after it."""
+    """The job `job_id` (and its riders) goes to Postgres now: the look-ahead may prepare the jobs queued
+    after them."""
     if _prefetcher is not None and _prefetcher.active and job_id is not None:
         _prefetcher.ahead(job_id)
+
+
+def riders_for(job: Job | None, own_events: int, own_bytes: int) -> list[ingest.Rider]:
+    """The prepared jobs waiting right after `job` in its queue that its transaction may carry (empty
+    without an active look-ahead, or when merging is off)."""
+    if _prefetcher is None or not _prefetcher.active or job is None or _prefetcher.merge_events <= own_events:
+        return []
+    try:
+        # only jobs still queued, at the front: a job taken or removed since it was prepared is not carried
+        queued = job.connection.lrange(Queue(job.origin, connection=job.connection).key, 0, ROUND_JOBS - 1)
+    except redis.RedisError:
+        return []  # the job itself meets Redis again when it finishes
+    return _prefetcher.riders(job.id, [_text(q) for q in queued], own_events, own_bytes)
+
+
+def merge_committed(results: dict[str, dict[str, Any]]) -> None:
+    """The transaction carrying this job's riders committed: `results` are what each of them returns."""
+    if _prefetcher is not None:
+        _prefetcher.committed(results)
+
+
+def merge_dropped() -> None:
+    """The transaction carrying this job's riders failed: they run on their own."""
+    if _prefetcher is not None:
+        _prefetcher.dropped()
+
+
+def merged_into(job: Job | None) -> dict[str, Any] | None:
+    """The result of this job when a committed transaction of another job carried its batch (loaded from
+    the very same payload), else None."""
+    if _prefetcher is None or job is None or not isinstance(job, IngestJob):
+        return None
+    return _prefetcher.merged_into(job.id, job.stored_payload())
 
 
 def prepared_for(job: Job | None) -> ingest.Prepared | None:

@@ -90,7 +90,9 @@ INSERT INTO orgs (org_id) SELECT DISTINCT org_id FROM ingest_new ORDER BY org_id
 
 -- name: record_conflicts
 -- Every staged copy whose canonical hash differs from the first accepted copy's (in this batch or an
--- earlier one) is a conflict: kept for operators, never counted. Returns how many copies conflicted.
+-- earlier one) is a conflict: kept for operators, never counted. Returns how many copies conflicted per
+-- part of the transaction (1: the job's own batch, then each job it carries; %(bounds)s: the first
+-- position of each part).
 -- Only copies that did not claim their key are looked up: a copy whose event_id this batch inserted,
 -- and the only copy of it in the batch, is the first copy itself (most of a batch). The LATERAL ...
 -- LIMIT 1 keeps this an index lookup per looked-up copy: a plain join may be planned as a hash join
@@ -98,12 +100,12 @@ INSERT INTO orgs (org_id) SELECT DISTINCT org_id FROM ingest_new ORDER BY org_id
 WITH repeated AS MATERIALIZED (
     SELECT event_id FROM ingest_stage GROUP BY event_id HAVING count(*) > 1
 ), looked_up AS MATERIALIZED (
-    SELECT s.event_id, s.payload_hash, s.doc
+    SELECT s.pos, s.event_id, s.payload_hash, s.doc
       FROM ingest_stage s
      WHERE NOT EXISTS (SELECT 1 FROM ingest_new n WHERE n.event_id = s.event_id)
         OR s.event_id IN (SELECT event_id FROM repeated)
 ), differing AS MATERIALIZED (
-    SELECT s.event_id, k.payload_hash AS first_hash, s.payload_hash AS conflict_hash, s.doc
+    SELECT s.pos, s.event_id, k.payload_hash AS first_hash, s.payload_hash AS conflict_hash, s.doc
       FROM looked_up s
      CROSS JOIN LATERAL (SELECT e.payload_hash FROM event_keys e WHERE e.event_id = s.event_id LIMIT 1) AS k
      WHERE k.payload_hash <> s.payload_hash
@@ -114,7 +116,19 @@ WITH repeated AS MATERIALIZED (
      ORDER BY event_id, conflict_hash
         ON CONFLICT (event_id, conflict_hash) DO NOTHING
 )
-SELECT count(*) FROM differing
+SELECT width_bucket(pos, %(bounds)s::int[]) AS part, count(*) FROM differing GROUP BY 1
+
+-- name: part_counts
+-- Per part of a transaction that carries waiting jobs (as record_conflicts): the events it inserted,
+-- counted where the first copy of each inserted event_id was staged (the copy that claimed the key), and
+-- how many of them are unpriced. Hash joins: the staging tables have no statistics.
+WITH firsts AS MATERIALIZED (
+    SELECT event_id, min(pos) AS pos FROM ingest_stage GROUP BY event_id
+)
+SELECT width_bucket(f.pos, %(bounds)s::int[]) AS part, count(*), count(*) FILTER (WHERE n.rate_id IS NULL)
+  FROM ingest_new n
+  JOIN firsts f ON f.event_id = n.event_id
+ GROUP BY 1
 
 -- name: new_summary
 -- Per (org, usage month) of the inserted events: what quota hooks need, and the unpriced count.
@@ -124,10 +138,11 @@ SELECT org_id, usage_month, count(*) FILTER (WHERE rate_id IS NULL) AS unpriced
  ORDER BY org_id, usage_month
 
 -- name: insert_rejected
+-- Each rejection under the job it came with (a transaction may carry several jobs' batches).
 INSERT INTO rejected_events (event_id, org_id, reason, raw, job_id)
-SELECT event_id, org_id, reason, raw, %(job_id)s
-  FROM unnest(%(event_ids)s::text[], %(org_ids)s::text[], %(reasons)s::text[], %(raws)s::text[])
-       AS r (event_id, org_id, reason, raw)
+SELECT event_id, org_id, reason, raw, job_id
+  FROM unnest(%(event_ids)s::text[], %(org_ids)s::text[], %(reasons)s::text[], %(raws)s::text[], %(job_ids)s::text[])
+       AS r (event_id, org_id, reason, raw, job_id)
 
 -- name: new_reservations
 -- The quota reservations that the inserted events settle (handed to the post-commit mirror refresh).

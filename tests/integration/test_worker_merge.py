@@ -1,0 +1,300 @@
+"""Merging waiting jobs: one transaction carries the prepared jobs queued behind a job, each counted as its own."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from billing import ingest
+from billing.db import connect
+from billing.settings import Settings
+from producer import jobspec
+from tests.integration.ingest_util import add_rate, assert_consistent, event, ingest_queue, text
+from worker import worker as proc
+from worker.jobs import enqueue_batch
+from worker.prefetch import Prefetcher
+
+WORKER = [sys.executable, "-m", "worker.cli", "worker"]
+
+
+LATE = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+
+
+def _jobs(tag: str) -> tuple[list[list[str]], list[dict[str, Any]]]:
+    """Three batches as three queued jobs would carry them: (their texts, the distinct valid docs).
+
+    Across the jobs: re-sends, a conflict with an earlier job's copy, two copies of one event_id with
+    different payloads in two later jobs (the earlier job's copy wins), invalid events, and an event too
+    far ahead of the clock in the last one.
+    """
+    a, b, c = event(f"{tag}-a", input_tokens=500), event(f"{tag}-b", user_id="u2"), event(f"{tag}-c", org_id="org-b")
+    x1, x2 = event(f"{tag}-x", output=11), event(f"{tag}-x", output=22)
+    late = event(f"{tag}-late", occurred_at=LATE)
+    first = [text(a), text(b), text(a), '{"schema_version": 1']
+    second = [text(c), text(event(f"{tag}-a", input_tokens=999)), text(x1), "not json"]
+    third = [text(c), text(x2), text(late), text(b)]
+    return [first, second, third], [a, b, c, x1]
+
+
+def _counts(r: ingest.IngestResult) -> tuple[int, ...]:
+    return (r.received, r.inserted, r.duplicates, r.conflicts, r.rejected, r.unpriced)
+
+
+def test_a_transaction_carrying_jobs_stores_and_counts_what_they_would_alone(
+    settings: Settings, conn: psycopg.Connection[Any]
+) -> None:
+    add_rate(conn)
+    alone_batches, alone_docs = _jobs("alone")
+    merged_batches, merged_docs = _jobs("merged")
+    with connect(settings) as c:
+        alone = [
+            ingest.ingest_batch(c, batch, settings=settings, job_id=f"alone-{i}")
+            for i, batch in enumerate(alone_batches)
+        ]
+        head, *rest = merged_batches
+        carried = ingest.ingest_batch(
+            c,
+            head,
+            settings=settings,
+            job_id="merged-0",
+            prepared=ingest.prepare(head),
+            riders=[ingest.Rider(f"merged-{i}", ingest.prepare(b)) for i, b in enumerate(rest, start=1)],
+        )
+    assert [_counts(r) for r in alone] == [(4, 2, 1, 0, 1, 0), (4, 2, 0, 1, 1, 0), (4, 0, 2, 1, 1, 0)]
+    assert list(carried.merged) == ["merged-1", "merged-2"]
+    assert [_counts(carried), *map(_counts, carried.merged.values())] == [_counts(r) for r in alone]
+    assert_consistent(conn, alone_docs + merged_docs)
+    cols = "org_id, user_id, model, input_tokens, output_tokens, cost_total"
+    stored = {
+        tag: {
+            r[0]: r[1:]
+            for r in conn.execute(
+                f"SELECT split_part(event_id, '-', 2), {cols} FROM events WHERE event_id LIKE %s", (f"{tag}-%",)
+            )
+        }
+        for tag in ("alone", "merged")
+    }
+    assert stored["merged"] == stored["alone"]
+    # the first copy in queue order wins: the first job's `a`, the second job's `x`
+    assert stored["merged"]["a"][3] == 500 and stored["merged"]["x"][4] == 11
+    conflicts = conn.execute("SELECT event_id FROM event_conflicts ORDER BY 1").fetchall()
+    assert conflicts == [("alone-a",), ("alone-x",), ("merged-a",), ("merged-x",)]
+    # each rejection under the job that brought it
+    rejected = conn.execute("SELECT job_id, reason FROM rejected_events ORDER BY id").fetchall()
+    by_job = {t: sorted((j.split("-")[1], r) for j, r in rejected if j.startswith(t)) for t in ("alone", "merged")}
+    assert by_job["merged"] == by_job["alone"] and [j for j, _ in by_job["merged"]] == ["0", "1", "2"]
+    assert any("ahead of the server clock" in r for _, r in by_job["merged"])
+
+
+def _prepare_all(worker: proc.UsagebillWorker, jobs: list[Job]) -> None:
+    """Have the look-ahead prepare every queued job before the worker starts (a backlog, prepared)."""
+    assert worker.prefetcher is not None
+    worker.prefetcher.ahead("not-a-queued-job")
+    deadline = time.monotonic() + 10
+    while not {j.id for j in jobs} <= set(worker.prefetcher.ready_ids()):
+        assert time.monotonic() < deadline, "the look-ahead did not prepare the jobs"
+        time.sleep(0.005)
+
+
+def _result(res: proc.Resources, job: Job) -> dict[str, Any]:
+    value = Job.fetch(job.id, connection=res.redis, serializer=JSONSerializer).return_value()
+    assert isinstance(value, dict)
+    return value
+
+
+def test_worker_carries_the_prepared_jobs_waiting_behind_its_job(
+    res: proc.Resources, conn: psycopg.Connection[Any]
+) -> None:
+    add_rate(conn)
+    docs = [event(f"m{i}", user_id=f"u{i % 4}", input_tokens=100 + i) for i in range(300)]
+    q = ingest_queue(res)
+    jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 50]] + ["not json"]) for i in range(0, 300, 50)]
+    jobs.append(enqueue_batch(q, [text(d) for d in docs[::3]]))  # re-sends, in a later job
+    worker = proc.make_worker(res.redis, [res.settings.queue])
+    assert worker.prefetcher is not None
+    _prepare_all(worker, jobs)
+    merged = worker.prefetcher.merged
+    worker.work(burst=True, logging_level="WARNING")
+    assert_consistent(conn, docs)
+    # the first job carried all the others (7 x ~50 events, within USAGEBILL_MERGE_MAX_EVENTS)
+    assert worker.prefetcher.merged - merged == 6
+    results = [_result(res, j) for j in jobs]
+    assert results[0]["merged"] == [j.id for j in jobs[1:]] and "merged_into" not in results[0]
+    assert all(r["merged_into"] == jobs[0].id and r["merged"] == [] for r in results[1:])
+    # every job reports its own counts: they add up to what the transaction did
+    assert [r["inserted"] for r in results] == [50] * 6 + [0]
+    assert [r["rejected"] for r in results] == [1] * 6 + [0]
+    assert results[-1]["duplicates"] == 100 and results[-1]["received"] == 100
+    assert FinishedJobRegistry(q.name, connection=res.redis).count == len(jobs) and q.count == 0
+    # their rejections are parked under their own job ids
+    parked = conn.execute("SELECT job_id, count(*) FROM rejected_events GROUP BY 1").fetchall()
+    assert dict(parked) == {j.id: 1 for j in jobs[:6]}
+
+
+@pytest.mark.parametrize("bound", ["events", "bytes"])
+def test_riders_stay_within_the_transaction_bounds(bound: str, res: proc.Resources) -> None:
+    q = ingest_queue(res)
+    batches = [[text(event(f"b{j}-{i}")) for i in range(10)] for j in range(4)]
+    jobs = [enqueue_batch(q, b) for b in batches]
+    size = jobspec.batch_bytes(batches[0])
+    # room for the job's own batch and one more: 25 events, or 2.5 batches' bytes
+    bounds = (
+        {"max_bytes": 10 * size, "merge_events": 25}
+        if bound == "events"
+        else {"max_bytes": size * 5 // 2, "merge_events": 1000}
+    )
+    prefetcher = Prefetcher(res.redis, [q.key], max_events=10, **bounds)
+    prefetcher.ahead("current")
+    deadline = time.monotonic() + 10
+    while len(prefetcher.ready_ids()) < 3:
+        assert time.monotonic() < deadline, "the look-ahead did not prepare the jobs"
+        time.sleep(0.005)
+    head = jobs[0]
+    q.remove(head.id)  # taken by the worker
+    assert prefetcher.take(head.id, res.redis.hget(Job.key_for(head.id), "data")) is not None
+    riders = prefetcher.riders(head.id, q.job_ids, 10, size)
+    assert [r.job_id for r in riders] == [jobs[1].id] and riders[0].prepared.events == batches[1]
+    prefetcher.committed({jobs[1].id: {"inserted": 10}})
+    packed = res.redis.hget(Job.key_for(jobs[1].id), "data")
+    assert prefetcher.merged_into(jobs[1].id, b"other bytes") is None  # the very payload only
+    assert prefetcher.merged_into(jobs[1].id, packed) == {"inserted": 10}
+    assert prefetcher.merged_into(jobs[1].id, packed) is None  # once
+    assert prefetcher.merged_into(jobs[2].id, res.redis.hget(Job.key_for(jobs[2].id), "data")) is None
+
+
+def test_merging_can_be_turned_off(settings: Settings, conn: psycopg.Connection[Any]) -> None:
+    assert Settings(USAGEBILL_MERGE_MAX_EVENTS="0").merge_max_events == 0
+    res = proc.setup(settings.model_copy(update={"merge_max_events": 0}))
+    try:
+        docs = [event(f"n{i}") for i in range(60)]
+        q = ingest_queue(res)
+        jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 20]]) for i in range(0, 60, 20)]
+        worker = proc.make_worker(res.redis, [res.settings.queue])
+        assert worker.prefetcher is not None
+        _prepare_all(worker, jobs)
+        before = (worker.prefetcher.hits, worker.prefetcher.merged)
+        worker.work(burst=True, logging_level="WARNING")
+        assert (worker.prefetcher.hits - before[0], worker.prefetcher.merged - before[1]) == (3, 0)
+        assert all("merged_into" not in _result(res, j) for j in jobs)
+        assert_consistent(conn, docs)
+    finally:
+        proc.close()
+
+
+def test_a_job_no_longer_queued_is_not_carried(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
+    docs = [event(f"g{i}") for i in range(30)]
+    q = ingest_queue(res)
+    jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 10]]) for i in range(0, 30, 10)]
+    worker = proc.make_worker(res.redis, [res.settings.queue])
+    _prepare_all(worker, jobs)
+    q.remove(jobs[1].id)  # prepared, then taken off the queue (by another worker, or an operator)
+    worker.work(burst=True, logging_level="WARNING")
+    assert_consistent(conn, docs[:10] + docs[20:])
+    assert _result(res, jobs[0])["merged"] == [jobs[2].id]
+    assert Job.fetch(jobs[1].id, connection=res.redis, serializer=JSONSerializer).get_status() == "queued"
+
+
+def test_a_failed_transaction_leaves_each_job_to_run_alone(
+    res: proc.Resources, conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    # a valid event the database refuses (a data error), in a carried job: the transaction fails, each
+    # job then runs on its own and the event is isolated in its own job (split, then parked)
+    conn.execute("ALTER TABLE events ADD CONSTRAINT test_poison CHECK (model <> 'poison-model')")
+    docs = [event(f"q{i}") for i in range(20)]
+    q = ingest_queue(res)
+    jobs = [
+        enqueue_batch(q, [text(d) for d in docs[:10]]),
+        enqueue_batch(q, [text(d) for d in docs[10:15]] + [text(event("bad", model="poison-model"))]),
+        enqueue_batch(q, [text(d) for d in docs[15:]]),
+    ]
+    worker = proc.make_worker(res.redis, [res.settings.queue])
+    assert worker.prefetcher is not None
+    _prepare_all(worker, jobs)
+    merged = worker.prefetcher.merged
+    with caplog.at_level(logging.WARNING, logger="usagebill.jobs"):
+        worker.work(burst=True, logging_level="WARNING")
+    assert any("carrying 2 waiting job(s) failed, each runs on its own" in r.message for r in caplog.records)
+    assert_consistent(conn, docs)
+    rows = conn.execute("SELECT event_id, reason FROM rejected_events").fetchall()
+    assert len(rows) == 1 and rows[0][0] == "bad" and "test_poison" in rows[0][1]
+    assert "merged" not in _result(res, jobs[0]) or _result(res, jobs[0])["merged"] == []
+    assert "split" in _result(res, jobs[1])
+    # the job after the poisoned one may be carried by a later transaction: it is never lost or doubled
+    assert worker.prefetcher.merged - merged <= 1
+    assert FailedJobRegistry(q.name, connection=res.redis).count == 0
+
+
+def _start_paused(env: dict[str, str], step: str, marker: Path) -> subprocess.Popen[str]:
+    # every transaction pauses 2 s at `step` (the marker file is written at each pause)
+    env = dict(env, USAGEBILL_TEST_PAUSE_AT=step, USAGEBILL_TEST_PAUSE_MARKER=str(marker))
+    env["USAGEBILL_TEST_PAUSE_SECONDS"] = "2"
+    return subprocess.Popen([*WORKER, "--burst"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(marker: Path, worker: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        if worker.poll() is not None or time.monotonic() > deadline:
+            worker.kill()
+            _, err = worker.communicate()
+            pytest.fail(f"worker never paused: rc={worker.returncode} {err[-2000:]}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("step", ["in_tx", "after_commit"])
+def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
+    step: str,
+    settings: Settings,
+    rconn: redis.Redis,
+    conn: psycopg.Connection[Any],
+    cli_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    add_rate(conn)
+    docs = [event(f"k{i}", user_id=f"u{i % 3}") for i in range(60)]
+    q = Queue(settings.queue, connection=rconn, serializer=JSONSerializer)
+    jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 20]]) for i in range(0, 60, 20)]
+    marker = tmp_path / "marker"
+    worker = _start_paused(cli_env, step, marker)
+    _wait_for(marker, worker)  # the first job's transaction: the look-ahead prepares the others meanwhile
+    marker.unlink()
+    _wait_for(marker, worker)  # the second job's, carrying the third
+    carrying = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
+    ).fetchone()
+    if step == "in_tx":
+        # the open transaction holds the third job's keys: inserting one waits for it
+        with connect(settings, autocommit=True) as probe:
+            probe.execute("SET lock_timeout = '200ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):
+                probe.execute(
+                    "INSERT INTO event_keys (event_id, payload_hash, occurred_at) VALUES ('k55', '\\x00', now())"
+                    " ON CONFLICT DO NOTHING"
+                )
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate(timeout=10)
+    committed = conn.execute("SELECT count(*) FROM events").fetchone()
+    if step == "in_tx":
+        assert carrying == (1,) and committed == (20,)  # the carrying transaction rolled back
+    else:
+        assert carrying == (0,) and committed == (60,)  # committed, its jobs not finished yet
+    assert q.job_ids == [jobs[2].id]  # the carried job was still queued: nothing is lost
+    assert StartedJobRegistry(q.name, connection=rconn).count == 1
+    rerun = subprocess.run([*WORKER, "--burst"], check=False, env=cli_env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert q.count == 0 and StartedJobRegistry(q.name, connection=rconn).count == 0
+    assert_consistent(conn, docs)
