@@ -343,6 +343,14 @@ def main() -> None:
         one, sizes = e2e(template, redis_url, texts, distinct, 1, args.batch)
         # the same worker without its look-ahead (validation in the job), then with bigger jobs
         alone = e2e(template, redis_url, texts, distinct, 1, args.batch, {"USAGEBILL_PREFETCH": "false"})[0]
+        # with the look-ahead but one job per transaction (no merging of waiting jobs)
+        unmerged = e2e(template, redis_url, texts, distinct, 1, args.batch, {"USAGEBILL_MERGE_MAX_EVENTS": "0"})[0]
+        # many small jobs (many app processes each flushing a few events): merging on, then off
+        small_texts, small_distinct = make_events(args.events * 3 // 10, dup_frac=0.1, orgs=50, users=100, seed=5)
+        small = {
+            merge: e2e(template, redis_url, small_texts, small_distinct, 1, 100, {"USAGEBILL_MERGE_MAX_EVENTS": m})[0]
+            for merge, m in (("on", "4000"), ("off", "0"))
+        }
         big = args.batch * 5 // 2
         bigjobs = e2e(template, redis_url, texts, distinct, 1, big, {"USAGEBILL_BATCH_SIZE": str(big)})[0]
         two, _ = e2e(template, redis_url, texts, distinct, 2, args.batch)
@@ -359,7 +367,15 @@ def main() -> None:
         f"  same, look-ahead off:              {alone:10.0f} events/s   = {alone / ceiling:.3f} "
         f"(look-ahead: x{one / alone:.2f})"
     )
+    print(
+        f"  same, merging off:                 {unmerged:10.0f} events/s   = {unmerged / ceiling:.3f} "
+        f"(merging waiting jobs: x{one / unmerged:.2f})"
+    )
     print(f"  same, {big}-event jobs:            {bigjobs:10.0f} events/s   = {bigjobs / ceiling:.3f} of the ceiling")
+    print(
+        f"  100-event jobs ({len(small_texts)} events): merging {small['on']:.0f} events/s, "
+        f"merging off {small['off']:.0f} (x{small['on'] / small['off']:.2f})"
+    )
     print(f"end to end, 2 workers:               {two:10.0f} events/s   = {two / ceiling:.3f} of the COPY ceiling")
     print(
         f"naive (1 job/event, row by row; {args.naive} events): {naive_rate:6.0f} events/s   -> 1 worker is "
