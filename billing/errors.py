@@ -40,3 +40,13 @@ class MigrationsPending(PermanentError):
 
 class InputError(PermanentError):
     """The input is invalid."""
+
+
+class AlreadyCommitted(BillingError):
+    """The job's batch was committed before (by its own earlier run, or by a transaction that carried it):
+    `result` is what that run stored for it."""
+
+    def __init__(self, job_id: str, result: dict[str, object] | None) -> None:
+        super().__init__(f"job {job_id} has already committed its batch")
+        self.job_id = job_id
+        self.result = result or {}

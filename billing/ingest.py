@@ -21,7 +21,7 @@ from psycopg import sql
 from pydantic import ConfigDict, ValidationError
 
 from billing import aggregates, pricing
-from billing.errors import TransientError
+from billing.errors import AlreadyCommitted, TransientError
 from billing.settings import Settings
 from billing.sqlfiles import queries, query
 from producer.event import UsageEvent
@@ -87,6 +87,17 @@ class IngestResult:
     #: the counts of each waiting job whose batch this transaction also carried (`Rider`), in the order
     #: staged; the counts above are this job's own, org_months and reservation_ids the transaction's
     merged: dict[str, IngestResult] = field(default_factory=dict)
+
+    def counts(self) -> dict[str, int]:
+        """The job's own counts (what ingest_jobs keeps for it)."""
+        return {
+            "received": self.received,
+            "inserted": self.inserted,
+            "duplicates": self.duplicates,
+            "conflicts": self.conflicts,
+            "rejected": self.rejected,
+            "unpriced": self.unpriced,
+        }
 
 
 def test_pause(step: str) -> None:
@@ -225,6 +236,10 @@ def ingest_batch(
     given, is `events` already validated (`prepare`): its rows are used instead of validating again.
     `riders` are other jobs' prepared batches that the same transaction carries, staged after this
     one in their order: all of them commit together, or none does.
+
+    With a `job_id`, the transaction first claims the ids of its jobs in ingest_jobs and stores each
+    one's counts there: a rider already committed elsewhere is left out, and a job already committed
+    raises AlreadyCommitted with its stored result (nothing is ingested twice, nor parked twice).
     """
     if prepared is not None and prepared.events is not events:
         # a caller's bug, not the data's: never split a batch for it (ValueError would, see worker.jobs)
@@ -260,19 +275,23 @@ def _transaction(
     riders: Sequence[Rider] = (),
 ) -> IngestResult:
     rejected: list[Rejection] = [] if prepared is None else list(prepared.rejected)
-    # each rider's rejections, parked under its own job id (the clock's check appends to them)
-    rider_rejected = [list(r.prepared.rejected) for r in riders]
-    # per part of the transaction (the job's batch, then each rider's): rows staged, inserted, conflicting
-    staged = [0] * (1 + len(riders))
-    inserted, conflicts = [0] * len(staged), [0] * len(staged)
-    received = [len(events), *(len(r.prepared.events) for r in riders)]
-    bounds = [sum(received[:i]) for i in range(len(received))]  # each part's first position
     summary: list[tuple[str, date, int]] = []
-    unpriced: list[int] = [0] * len(staged)
     reservations: list[str] = []
     with conn.transaction():
         if fresh:
             conn.execute(query("ingest", "create_stage"))
+        if job_id is not None:
+            riders = _claim_jobs(conn, job_id, riders)
+        elif riders:
+            raise RuntimeError("a batch carrying other jobs needs its own job id")
+        # each rider's rejections, parked under its own job id (the clock's check appends to them)
+        rider_rejected = [list(r.prepared.rejected) for r in riders]
+        # per part of the transaction (the job's batch, then each rider's): events received, rows staged,
+        # inserted, conflicting, unpriced; each part's first position
+        received = [len(events), *(len(r.prepared.events) for r in riders)]
+        staged = [0] * len(received)
+        inserted, conflicts, unpriced = [0] * len(received), [0] * len(received), [0] * len(received)
+        bounds = [sum(received[:i]) for i in range(len(received))]
         with conn.cursor() as cur:
             # validated in the job, the lines feed the COPY as they come (COPY_CHUNK at a time), so the
             # server parses and stores one part of the batch while this process validates the next, on
@@ -338,24 +357,60 @@ def _transaction(
             hook = quota_hook("record_alerts")
             if hook is not None:
                 hook(conn, org_months)
+        counts = [
+            IngestResult(
+                received=received[i],
+                inserted=inserted[i],
+                duplicates=staged[i] - inserted[i] - conflicts[i],
+                conflicts=conflicts[i],
+                rejected=len(rejected if i == 0 else rider_rejected[i - 1]),
+                unpriced=unpriced[i],
+            )
+            for i in range(len(staged))
+        ]
+        if job_id is not None:
+            ids = [job_id, *(r.job_id for r in riders)]
+            stored = [
+                {**counts[0].counts(), "merged": ids[1:]},
+                *({**c.counts(), "merged_into": job_id} for c in counts[1:]),
+            ]
+            conn.execute(query("ingest", "store_results"), {"job_ids": ids, "results": [json.dumps(r) for r in stored]})
         test_pause("in_tx")
-    counts = [
-        IngestResult(
-            received=received[i],
-            inserted=inserted[i],
-            duplicates=staged[i] - inserted[i] - conflicts[i],
-            conflicts=conflicts[i],
-            rejected=len(rejected if i == 0 else rider_rejected[i - 1]),
-            unpriced=unpriced[i],
-        )
-        for i in range(len(staged))
-    ]
     return dataclasses.replace(
         counts[0],
         org_months=org_months,
         reservation_ids=reservations,
         merged={rider.job_id: c for rider, c in zip(riders, counts[1:], strict=True)},
     )
+
+
+def _claim_jobs(conn: psycopg.Connection[Any], job_id: str, riders: Sequence[Rider]) -> list[Rider]:
+    # claims the ids of the transaction's jobs; returns the riders it claimed (a rider committed by another
+    # transaction meanwhile is left out); raises AlreadyCommitted when the job itself was committed before
+    ids = [job_id, *(r.job_id for r in riders)]
+    claimed = {str(j) for (j,) in conn.execute(query("ingest", "claim_jobs"), {"job_ids": ids})}
+    if job_id not in claimed:
+        row = conn.execute(query("ingest", "job_results"), {"job_ids": [job_id]}).fetchone()
+        raise AlreadyCommitted(job_id, row[1] if row is not None else None)
+    return [r for r in riders if r.job_id in claimed]
+
+
+def park_once(conn: psycopg.Connection[Any], rejected: Sequence[Rejection], *, job_id: str | None) -> bool:
+    """Park the events of a job that cannot be ingested (e.g. a poison event isolated by splitting), and
+    claim the job (ingest_jobs), in the caller's transaction. False when the job was committed before:
+    nothing is parked twice."""
+    if job_id is not None:
+        if not conn.execute(query("ingest", "claim_jobs"), {"job_ids": [job_id]}).fetchall():
+            return False
+        result = {"received": len(rejected), "rejected": len(rejected), "parked": len(rejected)}
+        conn.execute(query("ingest", "store_results"), {"job_ids": [job_id], "results": [json.dumps(result)]})
+    park(conn, rejected, job_id=job_id)
+    return True
+
+
+def prune_jobs(conn: psycopg.Connection[Any]) -> int:
+    """Forget the job claims older than a week (ingest_jobs); returns how many."""
+    return conn.execute(query("ingest", "prune_jobs")).rowcount
 
 
 @functools.cache

@@ -18,7 +18,7 @@ from rq.timeouts import BaseTimeoutException
 
 from billing import ingest
 from billing.db import first_line, is_transient
-from billing.errors import InputError, PermanentError, TransientError
+from billing.errors import AlreadyCommitted, InputError, PermanentError, TransientError
 from producer import jobspec
 from worker import observability
 from worker import worker as proc
@@ -83,10 +83,15 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
     # larger transactions); asked before the look-ahead, which then prepares the jobs after them
     riders = proc.riders_for(job, len(events), size)
     proc.look_ahead(job_id)  # the next jobs' validation runs while this one is in Postgres
-    result = _ingest_carrying(res, events, job_id, prepared, riders) if riders else None
     try:
+        result = _ingest_carrying(res, events, job_id, prepared, riders) if riders else None
         if result is None:
             result = _ingest_once(res, events, job_id, prepared)
+    except AlreadyCommitted as already:
+        # its batch committed before (an earlier run of it that died after its commit, or a transaction
+        # that carried it): what that run stored for it, nothing ingested or parked again
+        log.warning("job %s had already committed its batch: its stored result stands", job_id)
+        return {"org_months": [], "reservation_ids": [], "merged": [], **already.result, "already_committed": True}
     except DATA_ERRORS as exc:
         reason = f"ingest failed: {type(exc).__name__}: {first_line(exc)}"
         if len(events) > 1:
@@ -117,7 +122,7 @@ def _ingest_carrying(
     committed): then the job runs alone, with its own error handling, and the riders on their own."""
     try:
         result = _ingest_once(res, events, job_id, prepared, riders)
-    except BaseTimeoutException:  # rq's job timeout: the job fails as it would alone
+    except (BaseTimeoutException, AlreadyCommitted):  # rq's job timeout, or the job itself is done
         proc.merge_dropped()
         raise
     except Exception as exc:  # whatever it was, each job meets it again on its own (split, retry, park)
@@ -130,7 +135,8 @@ def _ingest_carrying(
             first_line(exc),
         )
         return None
-    # each carried job, when rq hands it over, finishes with its own counts
+    # each carried job, when rq hands it over to this worker, finishes with its own counts (any other
+    # run of it finds them in ingest_jobs); a rider another transaction committed first was left out
     proc.merge_committed({rider: {**_result(counts), "merged_into": job_id} for rider, counts in result.merged.items()})
     return result
 
@@ -187,7 +193,9 @@ def _park(res: proc.Resources, events: list[str], reason: str, job_id: str | Non
     """Park a single event that cannot be ingested: rejected_events with the reason (never dropped)."""
     try:
         with res.pool.connection() as conn, conn.transaction():
-            ingest.park(conn, [ingest.rejection(0, events[0], reason)], job_id=job_id)
+            if not ingest.park_once(conn, [ingest.rejection(0, events[0], reason)], job_id=job_id):
+                log.warning("job %s had already parked its event", job_id)
+                return
     except (psycopg.Error, PoolTimeout) as exc:
         if _transient(exc):
             raise TransientError(f"transient database failure while parking an event: {first_line(exc)}") from exc

@@ -63,7 +63,13 @@ BATCH_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     registry=REGISTRY,
 )
-BATCHES = Counter("usagebill_batches_total", "Ingest jobs finished, by result", ["result"], registry=REGISTRY)
+BATCHES = Counter(
+    "usagebill_batches_total",
+    "Ingest jobs finished, by result: committed, split, merged (carried by another job's transaction),"
+    " already_committed (an earlier run committed it)",
+    ["result"],
+    registry=REGISTRY,
+)
 
 
 class QueueCollector(Collector):
@@ -93,8 +99,12 @@ def record_batch(result: dict[str, Any], seconds: float) -> None:
     EVENTS.labels("conflict").inc(result.get("conflicts", 0))
     EVENTS.labels("rejected").inc(result.get("rejected", 0))
     UNPRICED.inc(result.get("unpriced", 0))
-    BATCH_SECONDS.observe(seconds)
-    BATCHES.labels("split" if result.get("split") else "committed").inc()
+    if result.get("merged_into") or result.get("already_committed"):
+        # committed by another transaction (that carried it, or an earlier run): no batch time of its own
+        BATCHES.labels("merged" if result.get("merged_into") else "already_committed").inc()
+    else:
+        BATCH_SECONDS.observe(seconds)
+        BATCHES.labels("split" if result.get("split") else "committed").inc()
     logging.getLogger("usagebill.ingest").info(
         "batch done",
         extra={

@@ -19,10 +19,11 @@ statements' start-up, the commit), so a backlog of small jobs is slow to drain. 
 many waiting events as one transaction carries (`round_events`), and a job whose batch goes to Postgres
 carries (`riders`) the prepared jobs queued right after it, as a contiguous run from the head of its
 queue and within `merge_events` events in all: their rows go in the same transaction, after its own.
-Once it commits, those jobs are done (`merged_into`): when rq hands them to this worker they finish at
-once, pointing at the job that carried them. They stay queued until then, so nothing is lost if this
-worker dies: a job whose events were committed runs again and inserts nothing (event ids dedup); a
-transaction that fails leaves them to run on their own.
+Once it commits, those jobs are done: each job's id and counts are stored in ingest_jobs by the
+transaction that committed its batch. When rq hands one to this worker it finishes at once (`merged_into`,
+no Postgres work); any other run of it (another worker took it, this worker stopped or died first) finds
+its id claimed, waits for that transaction if it is still open, and returns the stored counts. A
+transaction that fails leaves every job to run on its own.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class _Ahead:
     plain: bytes  # the payload decompressed
     decoded: list[Any]  # rq's (function, instance, args, kwargs), as rq's JSON serializer decodes it
     size: int = 0  # its events' bytes, as USAGEBILL_BATCH_MAX_BYTES counts them
+    events: int = 0  # how many events it has
 
 
 class Prefetcher:
@@ -213,13 +215,17 @@ class Prefetcher:
         its result in `results`."""
         with self._cond:
             for rider_id, ahead in self._riding.items():
+                if rider_id not in results:
+                    continue  # committed by another transaction first: it was left out
                 ahead.prepared = _SPENT  # its rows are in Postgres: only the payload handout may still need it
                 self._done[rider_id] = (ahead, results[rider_id])
                 self.merged += 1
             self._riding.clear()
             self._carrier = None
-            while len(self._done) > KEEP_ROUNDS * ROUND_JOBS:
-                # jobs another worker took meanwhile: forget the oldest (were one still run, it inserts nothing)
+            keep = KEEP_ROUNDS * self.round_events
+            while len(self._done) > 1 and sum(a.events for a, _ in self._done.values()) > keep:
+                # jobs another worker took meanwhile: forget the oldest (run again anywhere, a job finds its
+                # result in ingest_jobs)
                 del self._done[next(iter(self._done))]
 
     def dropped(self) -> None:
@@ -290,9 +296,9 @@ class Prefetcher:
             with self._cond:
                 self._busy = None
                 if prepared is not None:
-                    self._ready[job_id] = _Ahead(packed, prepared, plain, decoded, size)
+                    self._ready[job_id] = _Ahead(packed, prepared, plain, decoded, size, len(prepared.events))
                     keep = KEEP_ROUNDS * self.round_events
-                    while len(self._ready) > 1 and sum(len(a.prepared.events) for a in self._ready.values()) > keep:
+                    while len(self._ready) > 1 and sum(a.events for a in self._ready.values()) > keep:
                         # jobs taken by other workers: forget the oldest
                         del self._ready[next(iter(self._ready))]
                 self._cond.notify_all()

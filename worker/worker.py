@@ -232,7 +232,21 @@ class UsagebillWorker(SimpleWorker):
     def run_maintenance_tasks(self) -> None:
         for queue in self.queues:
             recover_abandoned(queue)
+        prune_job_claims()
         super().run_maintenance_tasks()  # type: ignore[no-untyped-call]
+
+
+def prune_job_claims() -> None:
+    """Forget the ingest job claims older than a week (ingest_jobs); a failure is logged, never raised."""
+    try:
+        with resources().pool.connection() as conn:
+            pruned = ingest.prune_jobs(conn)
+            conn.commit()
+    except Exception as exc:  # maintenance: tried again at the next pass
+        log.warning("pruning old ingest job claims failed: %s", exc)
+        return
+    if pruned:
+        log.info("pruned %d ingest job claims older than a week", pruned)
 
 
 def make_worker(client: redis.Redis, names: Sequence[str], *, prefetch: bool = True) -> UsagebillWorker:
@@ -277,7 +291,8 @@ def riders_for(job: Job | None, own_events: int, own_bytes: int) -> list[ingest.
         queued = job.connection.lrange(Queue(job.origin, connection=job.connection).key, 0, ROUND_JOBS - 1)
     except redis.RedisError:
         return []  # the job itself meets Redis again when it finishes
-    return _prefetcher.riders(job.id, [_text(q) for q in queued], own_events, own_bytes)
+    ids = [q.decode(errors="replace") if isinstance(q, bytes) else str(q) for q in queued]
+    return _prefetcher.riders(job.id, ids, own_events, own_bytes)
 
 
 def merge_committed(results: dict[str, dict[str, Any]]) -> None:

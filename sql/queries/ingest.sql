@@ -2,6 +2,29 @@
 -- new events are inserted once (dedup by event_keys) and priced set-based in the same statement, routed
 -- to billing months and added to the aggregates. Statements touch rows in key order, so concurrent workers never deadlock.
 
+-- name: claim_jobs
+-- The jobs whose batches this transaction commits: each id not claimed yet (in job id order, one lock
+-- order for every worker). An id another open transaction holds waits for it; an id already committed
+-- is not returned: that job's batch is in, and its stored result is what it returns.
+INSERT INTO ingest_jobs (job_id)
+SELECT job_id FROM unnest(%(job_ids)s::text[]) AS j (job_id) ORDER BY job_id
+    ON CONFLICT (job_id) DO NOTHING
+RETURNING job_id
+
+-- name: job_results
+-- The stored results of committed jobs.
+SELECT job_id, result FROM ingest_jobs WHERE job_id = ANY(%(job_ids)s::text[])
+
+-- name: store_results
+-- What each job of the transaction did (its own counts), kept with its claim.
+UPDATE ingest_jobs AS j SET result = r.result::jsonb
+  FROM unnest(%(job_ids)s::text[], %(results)s::text[]) AS r (job_id, result)
+ WHERE j.job_id = r.job_id
+
+-- name: prune_jobs
+-- Claims older than a week: a job does not wait that long to run again.
+DELETE FROM ingest_jobs WHERE committed_at < now() - interval '7 days'
+
 -- name: create_stage
 -- Per-session scratch tables, emptied at every commit. ingest_stage holds the validated events, typed
 -- (the worker writes each field of the validated event, so Postgres parses no jsonb document per event

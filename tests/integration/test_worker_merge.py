@@ -6,6 +6,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from rq.serializers import JSONSerializer
 
 from billing import ingest
 from billing.db import connect
+from billing.errors import AlreadyCommitted
 from billing.settings import Settings
 from producer import jobspec
 from tests.integration.ingest_util import add_rate, assert_consistent, event, ingest_queue, text
@@ -98,6 +100,56 @@ def test_a_transaction_carrying_jobs_stores_and_counts_what_they_would_alone(
     by_job = {t: sorted((j.split("-")[1], r) for j, r in rejected if j.startswith(t)) for t in ("alone", "merged")}
     assert by_job["merged"] == by_job["alone"] and [j for j, _ in by_job["merged"]] == ["0", "1", "2"]
     assert any("ahead of the server clock" in r for _, r in by_job["merged"])
+
+
+def test_a_job_committed_by_an_open_transaction_waits_for_it_and_returns_its_result(
+    settings: Settings, conn: psycopg.Connection[Any]
+) -> None:
+    # another worker took a job while the transaction carrying it is still open
+    texts = [text(event(f"w{i}")) for i in range(3)] + ["not json"]
+    with connect(settings) as carrier:
+        carrier.execute(
+            "INSERT INTO ingest_jobs (job_id, result) VALUES ('job-w', %s)",
+            ('{"received": 4, "inserted": 3, "rejected": 1, "merged_into": "job-v"}',),
+        )
+        outcome: list[Any] = []
+
+        def run_it() -> None:
+            with connect(settings) as c:
+                try:
+                    outcome.append(ingest.ingest_batch(c, texts, settings=settings, job_id="job-w"))
+                except AlreadyCommitted as exc:
+                    outcome.append(exc)
+
+        thread = threading.Thread(target=run_it)
+        thread.start()
+        time.sleep(0.3)
+        assert thread.is_alive() and not outcome  # waiting for the carrying transaction
+        carrier.commit()
+        thread.join(10)
+    [done] = outcome
+    assert isinstance(done, AlreadyCommitted) and done.result["merged_into"] == "job-v"
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)  # nothing ingested twice
+    assert conn.execute("SELECT count(*) FROM rejected_events").fetchone() == (0,)  # nor parked twice
+
+
+def test_a_rider_committed_elsewhere_is_left_out(settings: Settings, conn: psycopg.Connection[Any]) -> None:
+    batches = [[text(event(f"l{j}-{i}")) for i in range(3)] for j in range(3)]
+    conn.execute("INSERT INTO ingest_jobs (job_id, result) VALUES ('job-1', '{}')")
+    with connect(settings) as c:
+        result = ingest.ingest_batch(
+            c,
+            batches[0],
+            settings=settings,
+            job_id="job-0",
+            riders=[ingest.Rider(f"job-{j}", ingest.prepare(batches[j])) for j in (1, 2)],
+        )
+    assert list(result.merged) == ["job-2"] and result.inserted == 3 and result.merged["job-2"].inserted == 3
+    ids = {r[0] for r in conn.execute("SELECT event_id FROM events")}
+    assert ids == {f"l{j}-{i}" for j in (0, 2) for i in range(3)}
+    stored = dict(conn.execute("SELECT job_id, result FROM ingest_jobs").fetchall())
+    assert stored["job-0"]["merged"] == ["job-2"] and stored["job-2"]["merged_into"] == "job-0"
+    assert stored["job-2"]["inserted"] == 3 and stored["job-1"] == {}
 
 
 def _prepare_all(worker: proc.UsagebillWorker, jobs: list[Job]) -> None:
@@ -267,7 +319,7 @@ def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
     add_rate(conn)
     docs = [event(f"k{i}", user_id=f"u{i % 3}") for i in range(60)]
     q = Queue(settings.queue, connection=rconn, serializer=JSONSerializer)
-    jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 20]]) for i in range(0, 60, 20)]
+    jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 20]] + ["not json"]) for i in range(0, 60, 20)]
     marker = tmp_path / "marker"
     worker = _start_paused(cli_env, step, marker)
     _wait_for(marker, worker)  # the first job's transaction: the look-ahead prepares the others meanwhile
@@ -298,3 +350,12 @@ def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
     assert rerun.returncode == 0, rerun.stderr
     assert q.count == 0 and StartedJobRegistry(q.name, connection=rconn).count == 0
     assert_consistent(conn, docs)
+    # each job's rejection parked once, under its own id; each job reports its own counts
+    parked = conn.execute("SELECT job_id, count(*) FROM rejected_events GROUP BY 1").fetchall()
+    assert dict(parked) == {j.id: 1 for j in jobs}
+    results = [Job.fetch(j.id, connection=rconn, serializer=JSONSerializer).return_value() for j in jobs]
+    assert [(r["inserted"], r["rejected"]) for r in results] == [(20, 1)] * 3
+    if step == "after_commit":
+        # the carried job and its carrier ran again: they found their stored results
+        assert results[1]["already_committed"] and results[1]["merged"] == [jobs[2].id]
+        assert results[2]["already_committed"] and results[2]["merged_into"] == jobs[1].id
