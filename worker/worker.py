@@ -229,6 +229,19 @@ class UsagebillWorker(SimpleWorker):
             self._alone_checked = now
         return self._alone
 
+    def register_death(self) -> None:
+        # rq's SIGTERM handler raises StopRequested wherever an idle worker is, possibly between MULTI and
+        # EXEC of one of its pipelines (rq issue #2175): that connection goes back to the pool with its
+        # transaction open, and the teardown's own pipeline on it fails ("Wrong number of response items
+        # from pipeline execution"; seen once in ~14 benchmark shutdowns), so the worker exited with a
+        # traceback and stayed registered. Once more on fresh connections: the pool forgets its old ones.
+        try:
+            super().register_death()  # type: ignore[no-untyped-call]
+        except redis.RedisError as exc:
+            log.warning("registering the worker's death failed (%s): again on a fresh connection", exc)
+            self.connection.connection_pool.reset()
+            super().register_death()  # type: ignore[no-untyped-call]
+
     def run_maintenance_tasks(self) -> None:
         for queue in self.queues:
             recover_abandoned(queue)

@@ -169,3 +169,17 @@ def test_a_finished_job_is_saved_without_compressing_its_payload_again(
     assert len(changed.args[0]) == 200  # read, as rq does before it runs a job
     changed.args = (["x"],)
     assert JSONSerializer.loads(zlib.decompress(changed.to_dict()["data"]))[2] == [["x"]]
+
+
+def test_worker_death_is_registered_after_a_signal_left_a_pipeline_open(res: proc.Resources) -> None:
+    # rq's SIGTERM handler can interrupt one of its pipelines between MULTI and EXEC (rq issue #2175):
+    # the connection goes back to the pool with the transaction open
+    worker = proc.make_worker(res.redis, [res.settings.queue], prefetch=False)
+    worker.register_birth()
+    pool = res.redis.connection_pool
+    dirty = pool.get_connection()
+    dirty.send_command("MULTI")
+    assert dirty.read_response() == b"OK"
+    pool.release(dirty)
+    worker.register_death()
+    assert worker.name not in {w.name for w in proc.SimpleWorker.all(connection=res.redis)}
