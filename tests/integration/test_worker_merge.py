@@ -210,11 +210,16 @@ def test_riders_stay_within_the_transaction_bounds(bound: str, res: proc.Resourc
         else {"max_bytes": size * 5 // 2, "merge_events": 1000}
     )
     prefetcher = Prefetcher(res.redis, [q.key], max_events=10, **bounds)
-    prefetcher.ahead("current")
     deadline = time.monotonic() + 10
-    while len(prefetcher.ready_ids()) < 3:
-        assert time.monotonic() < deadline, "the look-ahead did not prepare the jobs"
-        time.sleep(0.005)
+    for ready in (2, 4):  # a round prepares what one transaction can hold: 2 jobs within 25 events
+        prefetcher.ahead("current")
+        while len(prefetcher.ready_ids()) < ready:
+            assert time.monotonic() < deadline, "the look-ahead did not prepare the jobs"
+            time.sleep(0.005)
+        if bound == "events" and ready == 2:
+            time.sleep(0.2)
+            assert len(prefetcher.ready_ids()) == 2  # the round stopped before a job that does not fit
+    assert prefetcher.ready_ids() == [j.id for j in jobs]
     head = jobs[0]
     q.remove(head.id)  # taken by the worker
     assert prefetcher.take(head.id, res.redis.hget(Job.key_for(head.id), "data")) is not None
