@@ -12,6 +12,7 @@ import psycopg
 import redis
 from psycopg_pool import PoolTimeout
 from rq import Queue, Retry, get_current_job
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.timeouts import BaseTimeoutException
@@ -122,7 +123,7 @@ def _ingest_carrying(
     committed): then the job runs alone, with its own error handling, and the riders on their own."""
     try:
         result = _ingest_once(res, events, job_id, prepared, riders)
-    except (BaseTimeoutException, AlreadyCommitted):  # rq's job timeout, or the job itself is done
+    except (BaseTimeoutException, AlreadyCommitted, StopRequested):  # rq's timeout or stop, or the job is done
         proc.merge_dropped()
         raise
     except Exception as exc:  # whatever it was, each job meets it again on its own (split, retry, park)

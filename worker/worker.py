@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import redis
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 from rq import Queue, SimpleWorker
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
@@ -255,7 +255,9 @@ def prune_job_claims() -> None:
         with resources().pool.connection() as conn:
             pruned = ingest.prune_jobs(conn)
             conn.commit()
-    except Exception as exc:  # maintenance: tried again at the next pass
+    except (psycopg.Error, PoolTimeout) as exc:  # maintenance: tried again at the next pass
+        # only the database's errors: rq's StopRequested (its SIGTERM handler raises it in an idle
+        # worker, and maintenance runs while idle) must reach rq
         log.warning("pruning old ingest job claims failed: %s", exc)
         return
     if pruned:

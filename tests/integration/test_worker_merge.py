@@ -364,3 +364,12 @@ def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
         # the carried job and its carrier ran again: they found their stored results
         assert results[1]["already_committed"] and results[1]["merged"] == [jobs[2].id]
         assert results[2]["already_committed"] and results[2]["merged_into"] == jobs[1].id
+
+
+def test_claims_older_than_a_week_are_pruned(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
+    conn.execute(
+        "INSERT INTO ingest_jobs (job_id, committed_at, result) VALUES"
+        " ('old', now() - interval '8 days', '{}'), ('recent', now() - interval '6 days', '{}')"
+    )
+    proc.prune_job_claims()
+    assert conn.execute("SELECT job_id FROM ingest_jobs").fetchall() == [("recent",)]
