@@ -74,10 +74,9 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
         return done
     size = jobspec.batch_bytes(events)
     if len(events) > 1 and (len(events) > settings.batch_size or size > settings.batch_max_bytes):
-        return _split(job, events, f"batch of {len(events)} events / {size} bytes exceeds the bounds")
+        return _split(res, job, events, f"batch of {len(events)} events / {size} bytes exceeds the bounds")
     if len(events) == 1 and size > settings.batch_max_bytes:
-        _park(res, events, f"event of {size} bytes exceeds USAGEBILL_BATCH_MAX_BYTES", job_id)
-        return {"received": 1, "rejected": 1, "parked": 1}
+        return _park(res, events, f"event of {size} bytes exceeds USAGEBILL_BATCH_MAX_BYTES", job_id)
     # the look-ahead may have validated this batch while the previous job ran (worker/prefetch.py)
     prepared = proc.prepared_for(job)
     # prepared jobs waiting right after this one go in the same transaction (a backlog drains in fewer,
@@ -89,19 +88,22 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
         if result is None:
             result = _ingest_once(res, events, job_id, prepared)
     except AlreadyCommitted as already:
-        # its batch committed before (an earlier run of it that died after its commit, or a transaction
-        # that carried it): what that run stored for it, nothing ingested or parked again
-        log.warning("job %s had already committed its batch: its stored result stands", job_id)
-        return {"org_months": [], "reservation_ids": [], "merged": [], **already.result, "already_committed": True}
+        return _already(already)
     except DATA_ERRORS as exc:
         reason = f"ingest failed: {type(exc).__name__}: {first_line(exc)}"
         if len(events) > 1:
-            return _split(job, events, reason)
-        _park(res, events, reason, job_id)
-        return {"received": 1, "rejected": 1, "parked": 1}
+            return _split(res, job, events, reason)
+        return _park(res, events, reason, job_id)
     ingest.test_pause("after_commit")
     _refresh_mirror(res, result.org_months, result.reservation_ids)
     return _result(result)
+
+
+def _already(already: AlreadyCommitted) -> dict[str, Any]:
+    # its batch committed before (an earlier run of it that died after its commit, a transaction that
+    # carried it, or it was split or parked): what that run stored for it, nothing done again
+    log.warning("job %s had already committed its batch: its stored result stands", already.job_id)
+    return {"org_months": [], "reservation_ids": [], "merged": [], **already.result, "already_committed": True}
 
 
 def _result(result: ingest.IngestResult) -> dict[str, Any]:
@@ -171,37 +173,54 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, PoolTimeout) or is_transient(exc)
 
 
-def _split(job: Job | None, events: list[str], reason: str) -> dict[str, Any]:
-    """Enqueue the two halves of `events` as new jobs (each with its own retries) on the job's queue."""
+def _split(res: proc.Resources, job: Job | None, events: list[str], reason: str) -> dict[str, Any]:
+    """Enqueue the two halves of `events` as new jobs (each with its own retries) on the job's queue.
+
+    The job's id is claimed in the transaction that commits once the halves are enqueued, so a job that
+    runs again after its split returns that result instead of splitting again (the halves would park
+    their rejections twice). Dying between the enqueue and the commit still splits it again.
+    """
     if job is None:
         raise PermanentError(f"cannot split a batch outside an rq job: {reason}")
     queue = Queue(job.origin, connection=job.connection, serializer=JSONSerializer)
     mid = len(events) // 2
     try:
-        with job.connection.pipeline() as pipe:
-            halves = [
-                enqueue_batch(queue, events[:mid], pipeline=pipe),
-                enqueue_batch(queue, events[mid:], pipeline=pipe),
-            ]
-            pipe.execute()
-    except redis.RedisError as exc:
-        raise TransientError(f"Redis unreachable while splitting a batch: {exc}") from exc
+        with res.pool.connection() as conn, conn.transaction():
+            ingest.claim_alone(conn, job.id, {"received": len(events)})
+            try:
+                with job.connection.pipeline() as pipe:
+                    halves = [
+                        enqueue_batch(queue, events[:mid], pipeline=pipe),
+                        enqueue_batch(queue, events[mid:], pipeline=pipe),
+                    ]
+                    pipe.execute()
+            except redis.RedisError as exc:
+                raise TransientError(f"Redis unreachable while splitting a batch: {exc}") from exc
+            result = {"received": len(events), "split": [h.id for h in halves], "reason": reason}
+            ingest.claim_result(conn, job.id, result)
+    except AlreadyCommitted as already:
+        return _already(already)
+    except (psycopg.Error, PoolTimeout) as exc:
+        if _transient(exc):
+            raise TransientError(f"transient database failure while splitting a batch: {first_line(exc)}") from exc
+        raise
     log.warning("split batch of %d events into jobs %s: %s", len(events), [h.id for h in halves], reason)
-    return {"received": len(events), "split": [h.id for h in halves], "reason": reason}
+    return result
 
 
-def _park(res: proc.Resources, events: list[str], reason: str, job_id: str | None) -> None:
+def _park(res: proc.Resources, events: list[str], reason: str, job_id: str | None) -> dict[str, Any]:
     """Park a single event that cannot be ingested: rejected_events with the reason (never dropped)."""
     try:
         with res.pool.connection() as conn, conn.transaction():
-            if not ingest.park_once(conn, [ingest.rejection(0, events[0], reason)], job_id=job_id):
-                log.warning("job %s had already parked its event", job_id)
-                return
+            result = ingest.park_job(conn, [ingest.rejection(0, events[0], reason)], job_id=job_id)
+    except AlreadyCommitted as already:
+        return _already(already)
     except (psycopg.Error, PoolTimeout) as exc:
         if _transient(exc):
             raise TransientError(f"transient database failure while parking an event: {first_line(exc)}") from exc
         raise
     log.warning("parked 1 event of job %s: %s", job_id, reason)
+    return dict(result)
 
 
 def _refresh_mirror(res: proc.Resources, org_months: list[Any], reservation_ids: list[str]) -> None:

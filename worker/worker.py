@@ -9,13 +9,14 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import psycopg
 import redis
 from psycopg_pool import ConnectionPool, PoolTimeout
 from rq import Queue, SimpleWorker
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import NoSuchJobError, StopRequested
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
@@ -242,7 +243,17 @@ class UsagebillWorker(SimpleWorker):
             self.connection.connection_pool.reset()
             super().register_death()  # type: ignore[no-untyped-call]
 
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        # rq raises StopRequested from its SIGTERM handler when the worker is idle, wherever the main thread
+        # is: an `except Exception` on the way up swallows it (logging's Handler.emit catches every
+        # Exception), and rq has already made the next SIGTERM a cold stop. Remembered here, the request
+        # is honoured anyway: by rq's loop after a job, and while idle by the next maintenance pass.
+        self._stop_requested = True
+        super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
     def run_maintenance_tasks(self) -> None:
+        if self._stop_requested:
+            raise StopRequested  # asked while idle and swallowed on its way (see request_stop)
         for queue in self.queues:
             recover_abandoned(queue)
         prune_job_claims()
@@ -250,7 +261,7 @@ class UsagebillWorker(SimpleWorker):
 
 
 def prune_job_claims() -> None:
-    """Forget the ingest job claims older than a week (ingest_jobs); a failure is logged, never raised."""
+    """Forget the ingest job claims older than 90 days (ingest_jobs); a failure is logged, never raised."""
     try:
         with resources().pool.connection() as conn:
             pruned = ingest.prune_jobs(conn)
@@ -261,7 +272,7 @@ def prune_job_claims() -> None:
         log.warning("pruning old ingest job claims failed: %s", exc)
         return
     if pruned:
-        log.info("pruned %d ingest job claims older than a week", pruned)
+        log.info("pruned %d ingest job claims older than 90 days", pruned)
 
 
 def make_worker(client: redis.Redis, names: Sequence[str], *, prefetch: bool = True) -> UsagebillWorker:

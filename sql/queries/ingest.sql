@@ -22,8 +22,9 @@ UPDATE ingest_jobs AS j SET result = r.result::jsonb
  WHERE j.job_id = r.job_id
 
 -- name: prune_jobs
--- Claims older than a week: a job does not wait that long to run again.
-DELETE FROM ingest_jobs WHERE committed_at < now() - interval '7 days'
+-- Claims older than 90 days. A job that runs again later (a failed job re-queued by an operator) inserts
+-- nothing, its event ids being taken, but parks its rejections again.
+DELETE FROM ingest_jobs WHERE committed_at < now() - interval '90 days'
 
 -- name: create_stage
 -- Per-session scratch tables, emptied at every commit. ingest_stage holds the validated events, typed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import zlib
@@ -12,6 +13,7 @@ import pytest
 import redis
 import rq.job
 from rq import Queue
+from rq.exceptions import StopRequested
 from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
@@ -183,3 +185,68 @@ def test_worker_death_is_registered_after_a_signal_left_a_pipeline_open(res: pro
     pool.release(dirty)
     worker.register_death()
     assert worker.name not in {w.name for w in proc.SimpleWorker.all(connection=res.redis)}
+
+
+def _enqueue_as(q: Queue, job_id: str, texts: list[str]) -> None:
+    # the same job id again: a job that runs a second time (its worker died after finishing its work)
+    q.enqueue_call(func=jobspec.INGEST_FUNC, args=(texts,), job_id=job_id, result_ttl=jobspec.RESULT_TTL)
+
+
+def test_a_split_job_run_again_does_not_split_again(settings: Settings, conn: psycopg.Connection[Any]) -> None:
+    res = proc.setup(settings.model_copy(update={"batch_size": 4}))
+    try:
+        q = ingest_queue(res)
+        docs = [event(f"sp{i}") for i in range(8)]
+        texts = [text(d) for d in docs] + ["not json"]
+        _enqueue_as(q, "parent", texts)
+        _drain(res)
+        first = Job.fetch("parent", connection=res.redis, serializer=JSONSerializer).return_value()
+        assert len(first["split"]) == 2
+        _enqueue_as(q, "parent", texts)
+        _drain(res)
+        again = Job.fetch("parent", connection=res.redis, serializer=JSONSerializer).return_value()
+        assert again["already_committed"] and again["split"] == first["split"]
+        assert_consistent(conn, docs)
+        assert conn.execute("SELECT count(*) FROM rejected_events").fetchone() == (1,)  # parked once
+    finally:
+        proc.close()
+
+
+def test_a_parked_job_run_again_parks_nothing_twice(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
+    conn.execute("ALTER TABLE events ADD CONSTRAINT test_poison CHECK (model <> 'poison-model')")
+    q = ingest_queue(res)
+    poison = [text(event("bad", model="poison-model"))]
+    for _ in range(2):
+        _enqueue_as(q, "lonely", poison)
+        _drain(res)
+    result = Job.fetch("lonely", connection=res.redis, serializer=JSONSerializer).return_value()
+    assert result["already_committed"] and result["parked"] == 1
+    assert conn.execute("SELECT event_id, job_id FROM rejected_events").fetchall() == [("bad", "lonely")]
+
+
+def test_a_stop_swallowed_while_idle_is_honoured_at_the_next_maintenance(res: proc.Resources) -> None:
+    worker = proc.make_worker(res.redis, [res.settings.queue], prefetch=False)
+    handlers = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(StopRequested):  # rq raises it in an idle worker; say something swallowed it
+            worker.request_stop(signal.SIGTERM, None)
+        with pytest.raises(StopRequested):
+            worker.run_maintenance_tasks()
+    finally:
+        signal.signal(signal.SIGTERM, handlers[0])
+        signal.signal(signal.SIGINT, handlers[1])
+
+
+def test_an_oversized_event_run_again_is_parked_once(settings: Settings, conn: psycopg.Connection[Any]) -> None:
+    res = proc.setup(settings.model_copy(update={"batch_max_bytes": 1024}))
+    try:
+        q = ingest_queue(res)
+        big = [text(event("big", tags={"note": "x" * 2000}))]
+        for _ in range(2):
+            _enqueue_as(q, "big-one", big)
+            _drain(res)
+        result = Job.fetch("big-one", connection=res.redis, serializer=JSONSerializer).return_value()
+        assert result["already_committed"] and result["parked"] == 1
+        assert conn.execute("SELECT event_id, job_id FROM rejected_events").fetchall() == [("big", "big-one")]
+    finally:
+        proc.close()

@@ -366,10 +366,10 @@ def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
         assert results[2]["already_committed"] and results[2]["merged_into"] == jobs[1].id
 
 
-def test_claims_older_than_a_week_are_pruned(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
+def test_claims_older_than_90_days_are_pruned(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
     conn.execute(
         "INSERT INTO ingest_jobs (job_id, committed_at, result) VALUES"
-        " ('old', now() - interval '8 days', '{}'), ('recent', now() - interval '6 days', '{}')"
+        " ('old', now() - interval '91 days', '{}'), ('recent', now() - interval '89 days', '{}')"
     )
     proc.prune_job_claims()
     assert conn.execute("SELECT job_id FROM ingest_jobs").fetchall() == [("recent",)]
