@@ -395,25 +395,14 @@ def _claim_jobs(conn: psycopg.Connection[Any], job_id: str, riders: Sequence[Rid
     return [r for r in riders if r.job_id in claimed]
 
 
-def claim_alone(conn: psycopg.Connection[Any], job_id: str, result: dict[str, Any]) -> None:
-    """Claim `job_id` in the caller's transaction, with `result` stored: a job that parks or splits its batch
-    instead of ingesting it. Raises AlreadyCommitted when the job was committed before."""
-    _claim_jobs(conn, job_id, ())
-    claim_result(conn, job_id, result)
-
-
-def claim_result(conn: psycopg.Connection[Any], job_id: str, result: dict[str, Any]) -> None:
-    """Store `result` as the result of `job_id`, claimed earlier in the caller's transaction."""
-    conn.execute(query("ingest", "store_results"), {"job_ids": [job_id], "results": [json.dumps(result)]})
-
-
 def park_job(conn: psycopg.Connection[Any], rejected: Sequence[Rejection], *, job_id: str | None) -> dict[str, int]:
     """Park the events of a job that cannot be ingested (e.g. a poison event isolated by splitting) and claim
     the job, in the caller's transaction; returns the job's counts. Raises AlreadyCommitted when the job
     was committed before: nothing is parked twice."""
     result = {"received": len(rejected), "rejected": len(rejected), "parked": len(rejected)}
     if job_id is not None:
-        claim_alone(conn, job_id, result)
+        _claim_jobs(conn, job_id, ())
+        conn.execute(query("ingest", "store_results"), {"job_ids": [job_id], "results": [json.dumps(result)]})
     park(conn, rejected, job_id=job_id)
     return result
 

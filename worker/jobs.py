@@ -33,7 +33,7 @@ log = logging.getLogger("usagebill.jobs")
 DATA_ERRORS: tuple[type[BaseException], ...] = (psycopg.DataError, psycopg.IntegrityError, InputError, ValueError)
 
 
-def enqueue_batch(queue: Queue, events: Sequence[str], *, pipeline: Any = None) -> Job:
+def enqueue_batch(queue: Queue, events: Sequence[str], *, pipeline: Any = None, job_id: str | None = None) -> Job:
     """Enqueue one ingest job for `events` (each one event's JSON text) with the agreed rq options."""
     return queue.enqueue_call(
         func=jobspec.INGEST_FUNC,
@@ -43,6 +43,7 @@ def enqueue_batch(queue: Queue, events: Sequence[str], *, pipeline: Any = None) 
         failure_ttl=jobspec.FAILURE_TTL,
         retry=Retry(max=jobspec.RETRY_MAX, interval=list(jobspec.RETRY_INTERVALS)),
         pipeline=pipeline,
+        job_id=job_id,
     )
 
 
@@ -74,7 +75,7 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
         return done
     size = jobspec.batch_bytes(events)
     if len(events) > 1 and (len(events) > settings.batch_size or size > settings.batch_max_bytes):
-        return _split(res, job, events, f"batch of {len(events)} events / {size} bytes exceeds the bounds")
+        return _split(job, events, f"batch of {len(events)} events / {size} bytes exceeds the bounds")
     if len(events) == 1 and size > settings.batch_max_bytes:
         return _park(res, events, f"event of {size} bytes exceeds USAGEBILL_BATCH_MAX_BYTES", job_id)
     # the look-ahead may have validated this batch while the previous job ran (worker/prefetch.py)
@@ -92,7 +93,7 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
     except DATA_ERRORS as exc:
         reason = f"ingest failed: {type(exc).__name__}: {first_line(exc)}"
         if len(events) > 1:
-            return _split(res, job, events, reason)
+            return _split(job, events, reason)
         return _park(res, events, reason, job_id)
     ingest.test_pause("after_commit")
     _refresh_mirror(res, result.org_months, result.reservation_ids)
@@ -101,7 +102,7 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
 
 def _already(already: AlreadyCommitted) -> dict[str, Any]:
     # its batch committed before (an earlier run of it that died after its commit, a transaction that
-    # carried it, or it was split or parked): what that run stored for it, nothing done again
+    # carried it, or its event was parked): what that run stored for it, nothing done again
     log.warning("job %s had already committed its batch: its stored result stands", already.job_id)
     return {"org_months": [], "reservation_ids": [], "merged": [], **already.result, "already_committed": True}
 
@@ -173,39 +174,30 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, PoolTimeout) or is_transient(exc)
 
 
-def _split(res: proc.Resources, job: Job | None, events: list[str], reason: str) -> dict[str, Any]:
+def _split(job: Job | None, events: list[str], reason: str) -> dict[str, Any]:
     """Enqueue the two halves of `events` as new jobs (each with its own retries) on the job's queue.
 
-    The job's id is claimed in the transaction that commits once the halves are enqueued, so a job that
-    runs again after its split returns that result instead of splitting again (the halves would park
-    their rejections twice). Dying between the enqueue and the commit still splits it again.
+    The halves' ids derive from the job's (`<id>-h1`, `<id>-h2`): a job that runs again after its split
+    (its worker died before rq's bookkeeping) enqueues the same two jobs again, and a half that already
+    ran finds its id claimed in ingest_jobs and returns its stored result, so no rejection is parked
+    twice. The job itself claims nothing: its split is only as durable as Redis, and a re-run after Redis
+    lost the halves must split again.
     """
     if job is None:
         raise PermanentError(f"cannot split a batch outside an rq job: {reason}")
     queue = Queue(job.origin, connection=job.connection, serializer=JSONSerializer)
     mid = len(events) // 2
     try:
-        with res.pool.connection() as conn, conn.transaction():
-            ingest.claim_alone(conn, job.id, {"received": len(events)})
-            try:
-                with job.connection.pipeline() as pipe:
-                    halves = [
-                        enqueue_batch(queue, events[:mid], pipeline=pipe),
-                        enqueue_batch(queue, events[mid:], pipeline=pipe),
-                    ]
-                    pipe.execute()
-            except redis.RedisError as exc:
-                raise TransientError(f"Redis unreachable while splitting a batch: {exc}") from exc
-            result = {"received": len(events), "split": [h.id for h in halves], "reason": reason}
-            ingest.claim_result(conn, job.id, result)
-    except AlreadyCommitted as already:
-        return _already(already)
-    except (psycopg.Error, PoolTimeout) as exc:
-        if _transient(exc):
-            raise TransientError(f"transient database failure while splitting a batch: {first_line(exc)}") from exc
-        raise
+        with job.connection.pipeline() as pipe:
+            halves = [
+                enqueue_batch(queue, events[:mid], pipeline=pipe, job_id=f"{job.id}-h1"),
+                enqueue_batch(queue, events[mid:], pipeline=pipe, job_id=f"{job.id}-h2"),
+            ]
+            pipe.execute()
+    except redis.RedisError as exc:
+        raise TransientError(f"Redis unreachable while splitting a batch: {exc}") from exc
     log.warning("split batch of %d events into jobs %s: %s", len(events), [h.id for h in halves], reason)
-    return result
+    return {"received": len(events), "split": [h.id for h in halves], "reason": reason}
 
 
 def _park(res: proc.Resources, events: list[str], reason: str, job_id: str | None) -> dict[str, Any]:

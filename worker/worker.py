@@ -247,9 +247,14 @@ class UsagebillWorker(SimpleWorker):
         # rq raises StopRequested from its SIGTERM handler when the worker is idle, wherever the main thread
         # is: an `except Exception` on the way up swallows it (logging's Handler.emit catches every
         # Exception), and rq has already made the next SIGTERM a cold stop. Remembered here, the request
-        # is honoured anyway: by rq's loop after a job, and while idle by the next maintenance pass.
+        # is honoured anyway: by rq's loop before its next dequeue (`should_run_maintenance_tasks`).
         self._stop_requested = True
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
+
+    @property
+    def should_run_maintenance_tasks(self) -> bool:
+        # rq's loops ask this before every dequeue: a recorded stop request is honoured there, at once
+        return self._stop_requested or bool(super().should_run_maintenance_tasks)
 
     def run_maintenance_tasks(self) -> None:
         if self._stop_requested:
