@@ -309,15 +309,7 @@ def _transaction(
             with cur.copy(query("ingest", "copy_stage")) as copy:
                 if block:
                     copy.write(block)
-                lines: list[str] = []
-                for _, _, line in rows:
-                    lines.append(line)
-                    if len(lines) == COPY_CHUNK:
-                        copy.write("".join(lines))
-                        staged[0] += len(lines)
-                        lines.clear()
-                copy.write("".join(lines))
-                staged[0] += len(lines)
+                staged[0] += _copy_lines(copy, (line for _, _, line in rows))
                 for i, (rider, its) in enumerate(zip(riders, rider_rejected, strict=True), start=1):
                     staged[i] = _copy_rider(copy, rider.prepared, bounds[i], now=now, tolerance=tolerance, rejected=its)
             if any(staged):
@@ -374,7 +366,7 @@ def _transaction(
                 {**counts[0].counts(), "merged": ids[1:]},
                 *({**c.counts(), "merged_into": job_id} for c in counts[1:]),
             ]
-            conn.execute(query("ingest", "store_results"), {"job_ids": ids, "results": [json.dumps(r) for r in stored]})
+            _store_results(conn, ids, stored)
         test_pause("in_tx")
     return dataclasses.replace(
         counts[0],
@@ -402,9 +394,16 @@ def park_job(conn: psycopg.Connection[Any], rejected: Sequence[Rejection], *, jo
     result = {"received": len(rejected), "rejected": len(rejected), "parked": len(rejected)}
     if job_id is not None:
         _claim_jobs(conn, job_id, ())
-        conn.execute(query("ingest", "store_results"), {"job_ids": [job_id], "results": [json.dumps(result)]})
-    park(conn, rejected, job_id=job_id)
+        _store_results(conn, [job_id], [result])
+    _park_all(conn, [(job_id, r) for r in rejected])
     return result
+
+
+def _store_results(conn: psycopg.Connection[Any], job_ids: Sequence[str], results: Sequence[dict[str, Any]]) -> None:
+    # what each claimed job of the transaction did, kept with its claim (what a run of it again returns)
+    conn.execute(
+        query("ingest", "store_results"), {"job_ids": list(job_ids), "results": [json.dumps(r) for r in results]}
+    )
 
 
 def prune_jobs(conn: psycopg.Connection[Any]) -> int:
@@ -416,11 +415,6 @@ def prune_jobs(conn: psycopg.Connection[Any]) -> int:
 def _claim_and_price() -> sql.Composed:
     # one statement: claim the new keys, expand the claimed events and price them into ingest_new
     return pricing.priced_insert("ingest_stage", "fresh", "ingest_new", queries("ingest")["claim_new"])
-
-
-def park(conn: psycopg.Connection[Any], rejected: Sequence[Rejection], *, job_id: str | None) -> None:
-    """Store rejected events with their reasons and raw payloads (one statement), in the caller's transaction."""
-    _park_all(conn, [(job_id, r) for r in rejected])
 
 
 def _park_all(conn: psycopg.Connection[Any], parked: Sequence[tuple[str | None, Rejection]]) -> None:
@@ -451,18 +445,23 @@ def _copy_rider(
     clock's check as for the job's own batch. Returns how many rows were staged."""
     rows: Iterable[Row] = prepared.rows
     if prepared.latest is not None and prepared.latest > now + tolerance:
-        rows = list(_in_time(rows, prepared.events, now=now, future_tolerance=tolerance, rejected=rejected))
-    staged = 0
-    lines: list[str] = []
-    for pos, _, line in rows:
-        # the line starts with its position: the rider's own, from 0
-        lines.append(f"{pos + offset}{line[len(str(pos)) :]}")
-        if len(lines) == COPY_CHUNK:
-            copy.write("".join(lines))
-            staged += len(lines)
-            lines.clear()
-    copy.write("".join(lines))
-    return staged + len(lines)
+        rows = _in_time(rows, prepared.events, now=now, future_tolerance=tolerance, rejected=rejected)
+    # each line starts with its position: the rider's own, from 0
+    return _copy_lines(copy, (f"{pos + offset}{line[len(str(pos)) :]}" for pos, _, line in rows))
+
+
+def _copy_lines(copy: psycopg.Copy, lines: Iterable[str]) -> int:
+    """Hand COPY lines to psycopg COPY_CHUNK at a time, as they come; returns how many were written."""
+    written = 0
+    chunk: list[str] = []
+    for line in lines:
+        chunk.append(line)
+        if len(chunk) == COPY_CHUNK:
+            copy.write("".join(chunk))
+            written += len(chunk)
+            chunk.clear()
+    copy.write("".join(chunk))
+    return written + len(chunk)
 
 
 def rejection(pos: int, item: Any, reason: str) -> Rejection:

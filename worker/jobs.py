@@ -150,7 +150,7 @@ def _ingest_once(
     events: list[str],
     job_id: str | None,
     prepared: ingest.Prepared | None = None,
-    riders: list[ingest.Rider] | None = None,
+    riders: Sequence[ingest.Rider] = (),
 ) -> ingest.IngestResult:
     # A pooled connection may have died with a Postgres restart: the pool drops it, so try once more
     # at once on a fresh one before letting rq's Retry (seconds later) take over.
@@ -159,7 +159,7 @@ def _ingest_once(
             with res.pool.connection() as conn:
                 batch = prepared.events if prepared is not None else events  # equal; prepared rows are for it
                 return ingest.ingest_batch(
-                    conn, batch, settings=res.settings, job_id=job_id, prepared=prepared, riders=riders or ()
+                    conn, batch, settings=res.settings, job_id=job_id, prepared=prepared, riders=riders
                 )
         except (psycopg.Error, PoolTimeout, TransientError) as exc:
             if not _transient(exc):

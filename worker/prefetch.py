@@ -35,7 +35,7 @@ import threading
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from rq.job import Job
@@ -45,6 +45,7 @@ from billing import ingest
 from producer import jobspec
 
 log = logging.getLogger("usagebill.prefetch")
+_V = TypeVar("_V")
 
 #: seconds between forced GIL hand-overs while the look-ahead is active (CPython's default is 5 ms)
 SWITCH_INTERVAL = 0.0002
@@ -93,12 +94,9 @@ class Prefetcher:
         merge_events: int = 0,
         prepare: Callable[[list[Any]], ingest.Prepared] = ingest.prepare,
     ) -> None:
-        self._connection = connection
-        self._queue_keys = list(queue_keys)
-        self._max_events, self._max_bytes = max_events, max_bytes
-        self.merge_events = merge_events
-        self._prepare = prepare
         self._cond = threading.Condition()
+        self.retarget(connection, queue_keys, max_events=max_events, max_bytes=max_bytes, merge_events=merge_events)
+        self._prepare = prepare
         self._asked = False
         self._current: str | None = None
         self._busy: str | None = None  # the job id being validated
@@ -125,7 +123,8 @@ class Prefetcher:
         max_bytes: int,
         merge_events: int = 0,
     ) -> None:
-        """Look ahead in these queues from now on (what was prepared is kept: `take` checks the payload)."""
+        """Look ahead in these queues from now on, within these bounds (what was prepared is kept: `take`
+        checks the payload)."""
         with self._cond:
             self._connection = connection
             self._queue_keys = list(queue_keys)
@@ -187,11 +186,11 @@ class Prefetcher:
                 self.misses += 1
             return ahead.prepared if hit and ahead is not None else None
 
-    def riders(self, job_id: str, queued: Sequence[str], own_events: int, own_bytes: int) -> list[ingest.Rider]:
+    def riders(self, job_id: str, queued: Sequence[bytes | str], own_events: int, own_bytes: int) -> list[ingest.Rider]:
         """The prepared jobs that `job_id`'s transaction carries: `queued` is its queue's head now, in
-        order; the riders are the prepared jobs at its front, up to the first one that is not prepared
-        (so jobs still commit in queue order), within `merge_events` events and `max_bytes` bytes of
-        events with the job's own. Never waits.
+        order (the job ids as Redis lists them); the riders are the prepared jobs at its front, up to the
+        first one that is not prepared (so jobs still commit in queue order), within `merge_events` events
+        and `max_bytes` bytes of events with the job's own. Never waits.
         """
         with self._cond:
             if self._riding:  # a transaction ended without saying how (an interrupt): its riders run alone
@@ -199,11 +198,11 @@ class Prefetcher:
                 self._riding.clear()
             room, room_bytes = self.merge_events - own_events, self._max_bytes - own_bytes
             out: list[ingest.Rider] = []
-            for queued_id in queued:
+            for queued_id in map(_text, queued):
                 ahead = self._ready.get(queued_id)
-                if ahead is None or queued_id == job_id or len(ahead.prepared.events) > room or ahead.size > room_bytes:
+                if ahead is None or queued_id == job_id or ahead.events > room or ahead.size > room_bytes:
                     break
-                room -= len(ahead.prepared.events)
+                room -= ahead.events
                 room_bytes -= ahead.size
                 self._riding[queued_id] = self._ready.pop(queued_id)
                 out.append(ingest.Rider(queued_id, ahead.prepared))
@@ -222,11 +221,9 @@ class Prefetcher:
                 self.merged += 1
             self._riding.clear()
             self._carrier = None
-            keep = KEEP_ROUNDS * self.round_events
-            while len(self._done) > 1 and sum(a.events for a, _ in self._done.values()) > keep:
-                # jobs another worker took meanwhile: forget the oldest (run again anywhere, a job finds its
-                # result in ingest_jobs)
-                del self._done[next(iter(self._done))]
+            # jobs another worker took meanwhile: forget the oldest (run again anywhere, a job finds its
+            # result in ingest_jobs)
+            _trim(self._done, KEEP_ROUNDS * self.round_events, lambda done: done[0].events)
 
     def dropped(self) -> None:
         """The transaction carrying the riders failed: they run on their own (validating themselves)."""
@@ -304,10 +301,8 @@ class Prefetcher:
                 self._busy = None
                 if prepared is not None:
                     self._ready[job_id] = _Ahead(packed, prepared, plain, decoded, size, len(prepared.events))
-                    keep = KEEP_ROUNDS * self.round_events
-                    while len(self._ready) > 1 and sum(a.events for a in self._ready.values()) > keep:
-                        # jobs taken by other workers: forget the oldest
-                        del self._ready[next(iter(self._ready))]
+                    # jobs taken by other workers: forget the oldest
+                    _trim(self._ready, KEEP_ROUNDS * self.round_events, lambda ahead: ahead.events)
                 self._cond.notify_all()
         return len(prepared.events) if prepared is not None else 0
 
@@ -343,6 +338,12 @@ class Prefetcher:
         if len(events) > self._max_events or size > self._max_bytes:
             return None  # the job splits it without validating
         return packed, plain, decoded, size
+
+
+def _trim(entries: dict[str, _V], keep: int, events: Callable[[_V], int]) -> None:
+    # forget the oldest entries while they hold more than `keep` events (the newest is always kept)
+    while len(entries) > 1 and sum(map(events, entries.values())) > keep:
+        del entries[next(iter(entries))]
 
 
 def _text(value: bytes | str) -> str:

@@ -322,8 +322,7 @@ def riders_for(job: Job | None, own_events: int, own_bytes: int) -> list[ingest.
         queued = job.connection.lrange(Queue(job.origin, connection=job.connection).key, 0, ROUND_JOBS - 1)
     except redis.RedisError:
         return []  # the job itself meets Redis again when it finishes
-    ids = [q.decode(errors="replace") if isinstance(q, bytes) else str(q) for q in queued]
-    return _prefetcher.riders(job.id, ids, own_events, own_bytes)
+    return _prefetcher.riders(job.id, queued, own_events, own_bytes)
 
 
 def merge_committed(results: dict[str, dict[str, Any]]) -> None:
