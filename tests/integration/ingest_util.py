@@ -1,16 +1,28 @@
-"""Helpers for the ingest and worker tests: event factories and totals read back from Postgres."""
+"""Helpers for the ingest and worker tests: event factories, totals read back from Postgres, worker
+resources and worker processes."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from billing.settings import Settings
 from worker import worker as proc
+
+#: the `usagebill worker` command, run as a subprocess
+WORKER = [sys.executable, "-m", "worker.cli", "worker"]
 
 DEFAULT_AT = "2026-10-15T12:00:00+00:00"
 
@@ -123,3 +135,43 @@ def assert_consistent(conn: psycopg.Connection[Any], docs: list[dict[str, Any]])
 def ingest_queue(res: proc.Resources) -> Queue:
     """The ingest queue of the worker's resources."""
     return Queue(res.settings.queue, connection=res.redis, serializer=JSONSerializer)
+
+
+@contextmanager
+def worker_resources(settings: Settings, **update: Any) -> Iterator[proc.Resources]:
+    """The worker's pool, Redis client and settings (`update` changed in them), closed after."""
+    res = proc.setup(settings.model_copy(update=update))
+    try:
+        yield res
+    finally:
+        proc.close()
+
+
+def run_burst(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`usagebill worker --burst` to its end."""
+    return subprocess.run([*WORKER, "--burst"], check=False, env=env, capture_output=True, text=True, timeout=120)
+
+
+def start_paused(
+    env: dict[str, str], step: str, marker: Path, *, burst: bool, seconds: float = 0
+) -> subprocess.Popen[str]:
+    """A worker process whose ingest pauses at `step` (`seconds` long, or for ever), once it has paused
+    there the first time (`marker` written: see billing.ingest.test_pause)."""
+    env = dict(env, USAGEBILL_TEST_PAUSE_AT=step, USAGEBILL_TEST_PAUSE_MARKER=str(marker))
+    if seconds:
+        env["USAGEBILL_TEST_PAUSE_SECONDS"] = str(seconds)
+    args = [*WORKER, "--burst"] if burst else WORKER
+    worker = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_pause(worker, step, marker)
+    return worker
+
+
+def wait_for_pause(worker: subprocess.Popen[str], step: str, marker: Path) -> None:
+    """Wait until the paused worker has written `marker` (at most 30 s); fail with its stderr otherwise."""
+    deadline = time.monotonic() + 30
+    while not marker.exists():
+        if worker.poll() is not None or time.monotonic() > deadline:
+            worker.kill()
+            _, err = worker.communicate()
+            pytest.fail(f"worker never reached {step}: rc={worker.returncode} {err[-2000:]}")
+        time.sleep(0.02)

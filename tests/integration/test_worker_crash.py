@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,36 +18,12 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from billing.settings import Settings
-from tests.integration.ingest_util import add_rate, assert_consistent, event, text
+from tests.integration.ingest_util import WORKER, add_rate, assert_consistent, event, run_burst, start_paused, text
 from worker.jobs import enqueue_batch
-
-WORKER = [sys.executable, "-m", "worker.cli", "worker"]
 
 
 def _queue(settings: Settings, rconn: redis.Redis) -> Queue:
     return Queue(settings.queue, connection=rconn, serializer=JSONSerializer)
-
-
-def _burst(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*WORKER, "--burst"], check=False, env=env, capture_output=True, text=True, timeout=120)
-
-
-def _start_paused(
-    env: dict[str, str], step: str, marker: Path, *, burst: bool, seconds: float = 0
-) -> subprocess.Popen[str]:
-    env = dict(env, USAGEBILL_TEST_PAUSE_AT=step, USAGEBILL_TEST_PAUSE_MARKER=str(marker))
-    if seconds:
-        env["USAGEBILL_TEST_PAUSE_SECONDS"] = str(seconds)
-    args = [*WORKER, "--burst"] if burst else WORKER
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not marker.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            _, err = proc.communicate()
-            pytest.fail(f"worker never reached {step}: rc={proc.returncode} {err[-2000:]}")
-        time.sleep(0.05)
-    return proc
 
 
 @pytest.mark.parametrize("step", ["before_tx", "in_tx", "after_commit"])
@@ -65,7 +40,7 @@ def test_sigkill_then_rerun_counts_once(
     q = _queue(settings, rconn)
     enqueue_batch(q, [text(d) for d in docs[:20]])
     enqueue_batch(q, [text(d) for d in docs[10:]])  # overlaps the first batch
-    proc = _start_paused(cli_env, step, tmp_path / "marker", burst=True)
+    proc = start_paused(cli_env, step, tmp_path / "marker", burst=True)
     in_flight = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
     ).fetchone()
@@ -75,7 +50,7 @@ def test_sigkill_then_rerun_counts_once(
     committed = conn.execute("SELECT count(*) FROM events").fetchone()
     assert committed == ((20,) if step == "after_commit" else (0,))
     assert StartedJobRegistry(q.name, connection=rconn).count == 1  # abandoned: rq would wait for its TTL
-    rerun = _burst(cli_env)
+    rerun = run_burst(cli_env)
     assert rerun.returncode == 0, rerun.stderr
     assert "re-queued 1 abandoned" in rerun.stderr
     assert StartedJobRegistry(q.name, connection=rconn).count == 0
@@ -90,14 +65,14 @@ def test_sigterm_finishes_the_current_batch(
     q = _queue(settings, rconn)
     enqueue_batch(q, [text(d) for d in docs[:15]])
     enqueue_batch(q, [text(d) for d in docs[15:]])
-    proc = _start_paused(cli_env, "in_tx", tmp_path / "marker", burst=False, seconds=2)
+    proc = start_paused(cli_env, "in_tx", tmp_path / "marker", burst=False, seconds=2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (15,)  # the current batch, committed
     assert q.count == 1  # the next batch was left for another worker
     assert out == ""
-    assert _burst(cli_env).returncode == 0
+    assert run_burst(cli_env).returncode == 0
     assert_consistent(conn, docs)
 
 
@@ -142,7 +117,7 @@ def test_running_worker_recovers_a_killed_batch_within_its_maintenance_interval(
     docs = [event(f"m{i}") for i in range(20)]
     q = _queue(settings, rconn)
     enqueue_batch(q, [text(d) for d in docs])
-    victim = _start_paused(cli_env, "in_tx", tmp_path / "marker", burst=True)
+    victim = start_paused(cli_env, "in_tx", tmp_path / "marker", burst=True)
     survivor = subprocess.Popen(WORKER, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(3)  # the survivor has started (its start-up maintenance saw the victim alive)

@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 
 from billing.settings import Settings
 from producer import jobspec
-from tests.integration.ingest_util import add_rate, assert_consistent, event, ingest_queue, text
+from tests.integration.ingest_util import add_rate, assert_consistent, event, ingest_queue, text, worker_resources
 from worker import worker as proc
 from worker.jobs import enqueue_batch
 
@@ -196,8 +196,7 @@ def _enqueue_as(q: Queue, job_id: str, texts: list[str]) -> None:
 def test_a_split_job_run_again_enqueues_the_same_halves(settings: Settings, conn: psycopg.Connection[Any]) -> None:
     # its worker died after the split, before rq's bookkeeping: the halves it enqueues again (the same
     # ids) find their claims and park nothing twice
-    res = proc.setup(settings.model_copy(update={"batch_size": 4}))
-    try:
+    with worker_resources(settings, batch_size=4) as res:
         q = ingest_queue(res)
         docs = [event(f"sp{i}") for i in range(8)]
         texts = [text(d) for d in docs] + ["not json"]
@@ -213,8 +212,6 @@ def test_a_split_job_run_again_enqueues_the_same_halves(settings: Settings, conn
         assert half["already_committed"] and half["inserted"] == 4
         assert_consistent(conn, docs)
         assert conn.execute("SELECT count(*) FROM rejected_events").fetchone() == (1,)  # parked once
-    finally:
-        proc.close()
 
 
 def test_a_parked_job_run_again_parks_nothing_twice(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
@@ -246,8 +243,7 @@ def test_a_stop_swallowed_while_idle_is_honoured_before_the_next_dequeue(res: pr
 
 
 def test_an_oversized_event_run_again_is_parked_once(settings: Settings, conn: psycopg.Connection[Any]) -> None:
-    res = proc.setup(settings.model_copy(update={"batch_max_bytes": 1024}))
-    try:
+    with worker_resources(settings, batch_max_bytes=1024) as res:
         q = ingest_queue(res)
         big = [text(event("big", tags={"note": "x" * 2000}))]
         for _ in range(2):
@@ -256,5 +252,3 @@ def test_an_oversized_event_run_again_is_parked_once(settings: Settings, conn: p
         result = Job.fetch("big-one", connection=res.redis, serializer=JSONSerializer).return_value()
         assert result["already_committed"] and result["parked"] == 1
         assert conn.execute("SELECT event_id, job_id FROM rejected_events").fetchall() == [("big", "big-one")]
-    finally:
-        proc.close()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -25,13 +23,20 @@ from billing.db import connect
 from billing.errors import AlreadyCommitted
 from billing.settings import Settings
 from producer import jobspec
-from tests.integration.ingest_util import add_rate, assert_consistent, event, ingest_queue, text
+from tests.integration.ingest_util import (
+    add_rate,
+    assert_consistent,
+    event,
+    ingest_queue,
+    run_burst,
+    start_paused,
+    text,
+    wait_for_pause,
+    worker_resources,
+)
 from worker import worker as proc
 from worker.jobs import enqueue_batch
 from worker.prefetch import Prefetcher
-
-WORKER = [sys.executable, "-m", "worker.cli", "worker"]
-
 
 LATE = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
 
@@ -235,8 +240,7 @@ def test_riders_stay_within_the_transaction_bounds(bound: str, res: proc.Resourc
 
 def test_merging_can_be_turned_off(settings: Settings, conn: psycopg.Connection[Any]) -> None:
     assert Settings(USAGEBILL_MERGE_MAX_EVENTS="0").merge_max_events == 0
-    res = proc.setup(settings.model_copy(update={"merge_max_events": 0}))
-    try:
+    with worker_resources(settings, merge_max_events=0) as res:
         docs = [event(f"n{i}") for i in range(60)]
         q = ingest_queue(res)
         jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 20]]) for i in range(0, 60, 20)]
@@ -248,8 +252,6 @@ def test_merging_can_be_turned_off(settings: Settings, conn: psycopg.Connection[
         assert (worker.prefetcher.hits - before[0], worker.prefetcher.merged - before[1]) == (3, 0)
         assert all("merged_into" not in _result(res, j) for j in jobs)
         assert_consistent(conn, docs)
-    finally:
-        proc.close()
 
 
 def test_a_job_no_longer_queued_is_not_carried(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
@@ -295,23 +297,6 @@ def test_a_failed_transaction_leaves_each_job_to_run_alone(
     assert FailedJobRegistry(q.name, connection=res.redis).count == 0
 
 
-def _start_paused(env: dict[str, str], step: str, marker: Path) -> subprocess.Popen[str]:
-    # every transaction pauses 2 s at `step` (the marker file is written at each pause)
-    env = dict(env, USAGEBILL_TEST_PAUSE_AT=step, USAGEBILL_TEST_PAUSE_MARKER=str(marker))
-    env["USAGEBILL_TEST_PAUSE_SECONDS"] = "2"
-    return subprocess.Popen([*WORKER, "--burst"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(marker: Path, worker: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while not marker.exists():
-        if worker.poll() is not None or time.monotonic() > deadline:
-            worker.kill()
-            _, err = worker.communicate()
-            pytest.fail(f"worker never paused: rc={worker.returncode} {err[-2000:]}")
-        time.sleep(0.02)
-
-
 @pytest.mark.parametrize("step", ["in_tx", "after_commit"])
 def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
     step: str,
@@ -326,10 +311,10 @@ def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
     q = Queue(settings.queue, connection=rconn, serializer=JSONSerializer)
     jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 20]] + ["not json"]) for i in range(0, 60, 20)]
     marker = tmp_path / "marker"
-    worker = _start_paused(cli_env, step, marker)
-    _wait_for(marker, worker)  # the first job's transaction: the look-ahead prepares the others meanwhile
+    # every transaction pauses 2 s at `step`; the first job's: the look-ahead prepares the others meanwhile
+    worker = start_paused(cli_env, step, marker, burst=True, seconds=2)
     marker.unlink()
-    _wait_for(marker, worker)  # the second job's, carrying the third
+    wait_for_pause(worker, step, marker)  # the second job's, carrying the third
     carrying = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
     ).fetchone()
@@ -351,7 +336,7 @@ def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
         assert carrying == (0,) and committed == (60,)  # committed, its jobs not finished yet
     assert q.job_ids == [jobs[2].id]  # the carried job was still queued: nothing is lost
     assert StartedJobRegistry(q.name, connection=rconn).count == 1
-    rerun = subprocess.run([*WORKER, "--burst"], check=False, env=cli_env, capture_output=True, text=True, timeout=120)
+    rerun = run_burst(cli_env)
     assert rerun.returncode == 0, rerun.stderr
     assert q.count == 0 and StartedJobRegistry(q.name, connection=rconn).count == 0
     assert_consistent(conn, docs)
