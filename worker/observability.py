@@ -93,12 +93,17 @@ class QueueCollector(Collector):
 
 
 def record_batch(result: dict[str, Any], seconds: float) -> None:
-    """Count one finished ingest job (its result dict) and log it as one structured line."""
-    EVENTS.labels("ingested").inc(result.get("inserted", 0))
-    EVENTS.labels("duplicate").inc(result.get("duplicates", 0))
-    EVENTS.labels("conflict").inc(result.get("conflicts", 0))
-    EVENTS.labels("rejected").inc(result.get("rejected", 0))
-    UNPRICED.inc(result.get("unpriced", 0))
+    """Count one finished ingest job (its result dict) and log it as one structured line.
+
+    A job that ran again and found its result stored (`already_committed`) counts no events: they were
+    counted by the run that committed them.
+    """
+    if not result.get("already_committed"):
+        EVENTS.labels("ingested").inc(result.get("inserted", 0))
+        EVENTS.labels("duplicate").inc(result.get("duplicates", 0))
+        EVENTS.labels("conflict").inc(result.get("conflicts", 0))
+        EVENTS.labels("rejected").inc(result.get("rejected", 0))
+        UNPRICED.inc(result.get("unpriced", 0))
     if result.get("merged_into") or result.get("already_committed"):
         # committed by another transaction (that carried it, or an earlier run): no batch time of its own
         BATCHES.labels("merged" if result.get("merged_into") else "already_committed").inc()
