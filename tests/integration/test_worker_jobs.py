@@ -193,6 +193,16 @@ def _enqueue_as(q: Queue, job_id: str, texts: list[str]) -> None:
     q.enqueue_call(func=jobspec.INGEST_FUNC, args=(texts,), job_id=job_id, result_ttl=jobspec.RESULT_TTL)
 
 
+def _run_twice(res: proc.Resources, job_id: str, texts: list[str]) -> dict[str, Any]:
+    # the same job run twice to its end; its second result
+    for _ in range(2):
+        _enqueue_as(ingest_queue(res), job_id, texts)
+        _drain(res)
+    result = Job.fetch(job_id, connection=res.redis, serializer=JSONSerializer).return_value()
+    assert isinstance(result, dict)
+    return result
+
+
 def test_a_split_job_run_again_enqueues_the_same_halves(settings: Settings, conn: psycopg.Connection[Any]) -> None:
     # its worker died after the split, before rq's bookkeeping: the halves it enqueues again (the same
     # ids) find their claims and park nothing twice
@@ -216,12 +226,7 @@ def test_a_split_job_run_again_enqueues_the_same_halves(settings: Settings, conn
 
 def test_a_parked_job_run_again_parks_nothing_twice(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
     conn.execute("ALTER TABLE events ADD CONSTRAINT test_poison CHECK (model <> 'poison-model')")
-    q = ingest_queue(res)
-    poison = [text(event("bad", model="poison-model"))]
-    for _ in range(2):
-        _enqueue_as(q, "lonely", poison)
-        _drain(res)
-    result = Job.fetch("lonely", connection=res.redis, serializer=JSONSerializer).return_value()
+    result = _run_twice(res, "lonely", [text(event("bad", model="poison-model"))])
     assert result["already_committed"] and result["parked"] == 1
     assert conn.execute("SELECT event_id, job_id FROM rejected_events").fetchall() == [("bad", "lonely")]
 
@@ -244,11 +249,6 @@ def test_a_stop_swallowed_while_idle_is_honoured_before_the_next_dequeue(res: pr
 
 def test_an_oversized_event_run_again_is_parked_once(settings: Settings, conn: psycopg.Connection[Any]) -> None:
     with worker_resources(settings, batch_max_bytes=1024) as res:
-        q = ingest_queue(res)
-        big = [text(event("big", tags={"note": "x" * 2000}))]
-        for _ in range(2):
-            _enqueue_as(q, "big-one", big)
-            _drain(res)
-        result = Job.fetch("big-one", connection=res.redis, serializer=JSONSerializer).return_value()
+        result = _run_twice(res, "big-one", [text(event("big", tags={"note": "x" * 2000}))])
         assert result["already_committed"] and result["parked"] == 1
         assert conn.execute("SELECT event_id, job_id FROM rejected_events").fetchall() == [("big", "big-one")]
