@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import hashlib
@@ -57,9 +58,10 @@ class Rejection:
     org_id: str | None = None
 
 
-#: a valid event: its position in the batch, occurred_at (for the clock's check) and its COPY text line of
-#: ingest_stage (`_copy_line`: every validated field typed, its hash and canonical JSON)
-Row = tuple[int, datetime, str]
+#: a valid event: its position in the batch, occurred_at (for the clock's check), its COPY text line of
+#: ingest_stage (`_copy_line`: every validated field typed, and its hash) and its canonical JSON (what a
+#: conflict stores)
+Row = tuple[int, datetime, str, str]
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,8 @@ def _checked(events: Sequence[Any], rejected: list[Rejection]) -> Iterator[Row]:
         else:
             raw = serialize(event)
             extra_json = None
-        yield pos, event.occurred_at, _copy_line(pos, event, raw, extra_json)
+        canonical = raw.decode()
+        yield pos, event.occurred_at, _copy_line(pos, event, raw, canonical, extra_json), canonical
 
 
 def ingest_batch(
@@ -299,8 +302,10 @@ def _transaction(
             now, tolerance = datetime.now(UTC), timedelta(seconds=settings.future_tolerance_seconds)
             rows: Iterable[Row]
             block = ""
+            # the job's valid rows, kept for the canonical JSON of any conflicting copy (not staged)
+            own: list[Row] = []
             if prepared is None:
-                rows = validated(events, now=now, future_tolerance=tolerance, rejected=rejected)
+                rows = _keeping(validated(events, now=now, future_tolerance=tolerance, rejected=rejected), own)
             elif prepared.latest is None or prepared.latest <= now + tolerance:
                 # every prepared row is in time: its block goes as it is
                 rows, block, staged[0] = (), prepared.block, len(prepared.rows)
@@ -309,7 +314,7 @@ def _transaction(
             with cur.copy(query("ingest", "copy_stage")) as copy:
                 if block:
                     copy.write(block)
-                staged[0] += _copy_lines(copy, (line for _, _, line in rows))
+                staged[0] += _copy_lines(copy, (row[2] for row in rows))
                 for i, (rider, its) in enumerate(zip(riders, rider_rejected, strict=True), start=1):
                     staged[i] = _copy_rider(copy, rider.prepared, bounds[i], now=now, tolerance=tolerance, rejected=its)
             if any(staged):
@@ -334,8 +339,13 @@ def _transaction(
                 if sum(inserted) < sum(staged):
                     # a staged copy can only conflict when its key was already taken (by an earlier
                     # batch or an earlier copy in this one): a batch of only new keys skips the lookups
-                    for part, n in cur.execute(query("ingest", "record_conflicts"), {"bounds": bounds}):
-                        conflicts[part - 1] = int(n)
+                    found = cur.execute(query("ingest", "conflicting")).fetchall()
+                    if found:
+                        parts = [(0, prepared.rows if prepared is not None else own)]
+                        parts += [(bounds[i], r.prepared.rows) for i, r in enumerate(riders, start=1)]
+                        _record_conflicts(cur, found, parts)
+                        for pos, *_ in found:
+                            conflicts[bisect.bisect_right(bounds, pos) - 1] += 1
         if prepared is not None:
             rejected.sort(key=lambda r: r.pos)  # the clock's rejections come after the prepared ones
         for its_rejected in rider_rejected:
@@ -373,6 +383,32 @@ def _transaction(
         org_months=org_months,
         reservation_ids=reservations,
         merged={rider.job_id: c for rider, c in zip(riders, counts[1:], strict=True)},
+    )
+
+
+def _keeping(rows: Iterable[Row], kept: list[Row]) -> Iterator[Row]:
+    # the rows as they come, each also appended to `kept`
+    for row in rows:
+        kept.append(row)
+        yield row
+
+
+def _record_conflicts(
+    cur: psycopg.Cursor[Any], found: Sequence[tuple[Any, ...]], parts: Sequence[tuple[int, Sequence[Row]]]
+) -> None:
+    # Keep the conflicting copies (`conflicting`: position, event_id, first and conflict hash) with their
+    # canonical JSON, found among the rows of the transaction's parts (each: its first staged position,
+    # its rows with their own positions).
+    wanted = {int(f[0]) for f in found}
+    docs = {first + row[0]: row[3] for first, rows in parts for row in rows if first + row[0] in wanted}
+    cur.execute(
+        query("ingest", "insert_conflicts"),
+        {
+            "event_ids": [f[1] for f in found],
+            "first_hashes": [f[2] for f in found],
+            "conflict_hashes": [f[3] for f in found],
+            "payloads": [docs[int(f[0])] for f in found],
+        },
     )
 
 
@@ -447,7 +483,7 @@ def _copy_rider(
     if prepared.latest is not None and prepared.latest > now + tolerance:
         rows = _in_time(rows, prepared.events, now=now, future_tolerance=tolerance, rejected=rejected)
     # each line starts with its position: the rider's own, from 0
-    return _copy_lines(copy, (f"{pos + offset}{line[len(str(pos)) :]}" for pos, _, line in rows))
+    return _copy_lines(copy, (f"{pos + offset}{line[len(str(pos)) :]}" for pos, _, line, _ in rows))
 
 
 def _copy_lines(copy: psycopg.Copy, lines: Iterable[str]) -> int:
@@ -484,13 +520,12 @@ def quota_hook(name: str) -> Callable[..., None] | None:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _copy_line(pos: int, event: _Incoming, raw: bytes, extra_json: str | None) -> str:
+def _copy_line(pos: int, event: _Incoming, raw: bytes, canonical: str, extra_json: str | None) -> str:
     # One line of COPY text format for ingest_stage: the validated fields typed, so Postgres neither
-    # parses a jsonb document per event nor extracts its fields. `raw` is the canonical JSON: its sha256
-    # is the conflict hash, and it is kept as text (only a conflict stores it, as jsonb).
+    # parses a jsonb document per event nor extracts its fields. The sha256 of the canonical JSON (`raw`,
+    # and `canonical` decoded) is the conflict hash; the JSON itself is not staged (see create_stage).
     u = event.usage
     digest = hashlib.sha256(raw).hexdigest()
-    canonical = raw.decode()
     texts = (
         event.org_id,
         event.user_id,
@@ -507,15 +542,15 @@ def _copy_line(pos: int, event: _Incoming, raw: bytes, extra_json: str | None) -
         # escape and no tag needs a JSON escape (the common case: no per-field scan).
         org, user, session, rtype, provider, model, tier, resv = ("\\N" if v is None else v for v in texts)
         tags = "{" + ",".join(f'"{k}":"{v}"' for k, v in event.tags.items()) + "}"
-        doc, extra = canonical, ("\\N" if extra_json is None else extra_json)
+        extra = "\\N" if extra_json is None else extra_json
     else:
         org, user, session, rtype, provider, model, tier, resv = (_copy_opt(v) for v in texts)
         tags = _copy_text(json.dumps(event.tags, ensure_ascii=False))
-        doc, extra = _copy_text(canonical), _copy_opt(extra_json)
+        extra = _copy_opt(extra_json)
     cost = "\\N" if u.provider_cost is None else str(u.provider_cost)
     latency = "\\N" if event.latency_ms is None else str(event.latency_ms)
     return (
-        f"{pos}\t{event.event_id}\t{event.occurred_at.isoformat()}\t\\\\x{digest}\t{doc}\t{extra}\t{org}\t{user}\t"
+        f"{pos}\t{event.event_id}\t{event.occurred_at.isoformat()}\t\\\\x{digest}\t{extra}\t{org}\t{user}\t"
         f"{session}\t{rtype}\t{provider}\t{model}\t{tier}\t{event.status}\t{'t' if event.estimated else 'f'}\t"
         f"{latency}\t{resv}\t{tags}\t{u.input_tokens}\t{u.cached_input_tokens}\t{u.cache_write_tokens}\t"
         f"{u.cache_write_1h_tokens}\t{u.output_tokens}\t{u.reasoning_tokens}\t{cost}\n"

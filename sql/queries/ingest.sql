@@ -29,15 +29,15 @@ DELETE FROM ingest_jobs WHERE committed_at < now() - interval '90 days'
 -- name: create_stage
 -- Per-session scratch tables, emptied at every commit. ingest_stage holds the validated events, typed
 -- (the worker writes each field of the validated event, so Postgres parses no jsonb document per event
--- nor extracts its fields), their hash and canonical JSON (text: only a conflict stores it, as jsonb),
--- and the keys pricing resolves rates for; ingest_new the events actually inserted, priced, shaped like
--- events so that the aggregates take it as it is.
+-- nor extracts its fields), their hash, and the keys pricing resolves rates for; ingest_new the events
+-- actually inserted, priced, shaped like events so that the aggregates take it as it is. The canonical
+-- JSON is not staged: only a conflict stores it, and the worker has it (insert_conflicts); staged, it
+-- was half of each row's bytes (COPY, and every scan of the staging table).
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
     pos                   integer NOT NULL,
     event_id              text NOT NULL,
     occurred_at           timestamptz NOT NULL,
     payload_hash          bytea NOT NULL,
-    doc                   text NOT NULL,
     extra                 jsonb,
     org_id                text NOT NULL,
     user_id               text,
@@ -62,7 +62,7 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
 CREATE TEMP TABLE IF NOT EXISTS ingest_new (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 
 -- name: copy_stage
-COPY ingest_stage (pos, event_id, occurred_at, payload_hash, doc, extra, org_id, user_id, session_id, request_type,
+COPY ingest_stage (pos, event_id, occurred_at, payload_hash, extra, org_id, user_id, session_id, request_type,
                    provider, model, service_tier, status, estimated, latency_ms, reservation_id, tags,
                    input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
                    reasoning_tokens, provider_cost) FROM STDIN
@@ -78,7 +78,7 @@ SELECT usage_month, billing_month
 -- key; the ones whose key was free become the `fresh` rows, which are priced into ingest_new. Keys
 -- are inserted in event_id order (deterministic lock order).
 , firsts AS MATERIALIZED (
-    -- every column but pos and doc (the canonical text is only read by record_conflicts)
+    -- every column but pos
     SELECT DISTINCT ON (event_id)
            event_id, occurred_at, payload_hash, extra, org_id, user_id, session_id, request_type, provider, model,
            service_tier, status, estimated, latency_ms, reservation_id, tags, input_tokens, cached_input_tokens,
@@ -112,11 +112,10 @@ INSERT INTO events SELECT * FROM ingest_new
 -- Any org id seen is a customer (USD unless set otherwise); in org_id order.
 INSERT INTO orgs (org_id) SELECT DISTINCT org_id FROM ingest_new ORDER BY org_id ON CONFLICT (org_id) DO NOTHING
 
--- name: record_conflicts
+-- name: conflicting
 -- Every staged copy whose canonical hash differs from the first accepted copy's (in this batch or an
--- earlier one) is a conflict: kept for operators, never counted. Returns how many copies conflicted per
--- part of the transaction (1: the job's own batch, then each job it carries; %(bounds)s: the first
--- position of each part).
+-- earlier one): a conflict, kept for operators (insert_conflicts, with the payload the worker has), never
+-- counted. Returns each one's position (the worker counts them per part of the transaction).
 -- Only copies that did not claim their key are looked up: a copy whose event_id this batch inserted,
 -- and the only copy of it in the batch, is the first copy itself (most of a batch). The LATERAL ...
 -- LIMIT 1 keeps this an index lookup per looked-up copy: a plain join may be planned as a hash join
@@ -124,28 +123,31 @@ INSERT INTO orgs (org_id) SELECT DISTINCT org_id FROM ingest_new ORDER BY org_id
 WITH repeated AS MATERIALIZED (
     SELECT event_id FROM ingest_stage GROUP BY event_id HAVING count(*) > 1
 ), looked_up AS MATERIALIZED (
-    SELECT s.pos, s.event_id, s.payload_hash, s.doc
+    SELECT s.pos, s.event_id, s.payload_hash
       FROM ingest_stage s
      WHERE NOT EXISTS (SELECT 1 FROM ingest_new n WHERE n.event_id = s.event_id)
         OR s.event_id IN (SELECT event_id FROM repeated)
-), differing AS MATERIALIZED (
-    SELECT s.pos, s.event_id, k.payload_hash AS first_hash, s.payload_hash AS conflict_hash, s.doc
-      FROM looked_up s
-     CROSS JOIN LATERAL (SELECT e.payload_hash FROM event_keys e WHERE e.event_id = s.event_id LIMIT 1) AS k
-     WHERE k.payload_hash <> s.payload_hash
-), recorded AS (
-    INSERT INTO event_conflicts (event_id, first_hash, conflict_hash, payload)
-    SELECT DISTINCT ON (event_id, conflict_hash) event_id, first_hash, conflict_hash, doc::jsonb
-      FROM differing
-     ORDER BY event_id, conflict_hash
-        ON CONFLICT (event_id, conflict_hash) DO NOTHING
 )
-SELECT width_bucket(pos, %(bounds)s::int[]) AS part, count(*) FROM differing GROUP BY 1
+SELECT s.pos, s.event_id, k.payload_hash AS first_hash, s.payload_hash AS conflict_hash
+  FROM looked_up s
+ CROSS JOIN LATERAL (SELECT e.payload_hash FROM event_keys e WHERE e.event_id = s.event_id LIMIT 1) AS k
+ WHERE k.payload_hash <> s.payload_hash
+
+-- name: insert_conflicts
+-- The conflicting copies (conflicting) with their canonical JSON, each (event_id, hash) kept once, in
+-- key order (one lock order for every worker).
+INSERT INTO event_conflicts (event_id, first_hash, conflict_hash, payload)
+SELECT DISTINCT ON (event_id, conflict_hash) event_id, first_hash, conflict_hash, payload::jsonb
+  FROM unnest(%(event_ids)s::text[], %(first_hashes)s::bytea[], %(conflict_hashes)s::bytea[], %(payloads)s::text[])
+       AS c (event_id, first_hash, conflict_hash, payload)
+ ORDER BY event_id, conflict_hash
+    ON CONFLICT (event_id, conflict_hash) DO NOTHING
 
 -- name: part_counts
--- Per part of a transaction that carries waiting jobs (as record_conflicts): the events it inserted,
--- counted where the first copy of each inserted event_id was staged (the copy that claimed the key), and
--- how many of them are unpriced. Hash joins: the staging tables have no statistics.
+-- Per part of a transaction that carries waiting jobs (1: the job's batch, then each job it carries;
+-- %(bounds)s: the first position of each part): the events it inserted, counted where the first copy of
+-- each inserted event_id was staged (the copy that claimed the key), and how many of them are unpriced.
+-- Hash joins: the staging tables have no statistics.
 WITH firsts AS MATERIALIZED (
     SELECT event_id, min(pos) AS pos FROM ingest_stage GROUP BY event_id
 )

@@ -98,8 +98,15 @@ def test_a_transaction_carrying_jobs_stores_and_counts_what_they_would_alone(
     assert stored["merged"] == stored["alone"]
     # the first copy in queue order wins: the first job's `a`, the second job's `x`
     assert stored["merged"]["a"][3] == 500 and stored["merged"]["x"][4] == 11
-    conflicts = conn.execute("SELECT event_id FROM event_conflicts ORDER BY 1").fetchall()
-    assert conflicts == [("alone-a",), ("alone-x",), ("merged-a",), ("merged-x",)]
+    # each conflict kept with its own copy's payload (the worker's, found by the copy's position in its part)
+    conflicts = conn.execute(
+        "SELECT event_id, payload->>'event_id', payload->'usage'->>'input_tokens', payload->'usage'->>'output_tokens'"
+        " FROM event_conflicts ORDER BY 1"
+    ).fetchall()
+    assert [c[0] for c in conflicts] == ["alone-a", "alone-x", "merged-a", "merged-x"]
+    assert all(c[0] == c[1] for c in conflicts)
+    assert [c[2:] for c in conflicts[2:]] == [c[2:] for c in conflicts[:2]] and conflicts[2][2] == "999"
+    assert conflicts[3][3] == "22"
     # each rejection under the job that brought it
     rejected = conn.execute("SELECT job_id, reason FROM rejected_events ORDER BY id").fetchall()
     by_job = {t: sorted((j.split("-")[1], r) for j, r in rejected if j.startswith(t)) for t in ("alone", "merged")}

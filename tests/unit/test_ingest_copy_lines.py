@@ -1,5 +1,6 @@
 """Ingest validation: each valid event becomes one COPY text line of ingest_stage holding exactly its validated
-fields; `prepare` (the worker's look-ahead) makes the same lines and leaves the clock's check for later."""
+fields (its canonical JSON beside it, not staged); `prepare` (the worker's look-ahead) makes the same lines and
+leaves the clock's check for later."""
 
 from __future__ import annotations
 
@@ -66,7 +67,6 @@ def expected(pos: int, text: str) -> dict[str, Any]:
         "event_id": event.event_id,
         "occurred_at": event.occurred_at,
         "payload_hash": "\\x" + event.payload_hash().hex(),
-        "doc": event.canonical().decode(),
         "org_id": event.org_id,
         "user_id": event.user_id,
         "session_id": event.session_id,
@@ -93,8 +93,10 @@ def _opt(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def check(pos: int, line: str, text: str) -> dict[str, str | None]:
-    got = decode(line)
+def check(pos: int, row: ingest.Row, text: str) -> dict[str, str | None]:
+    # the row's line holds exactly the event's fields; the canonical JSON (what a conflict stores) is beside it
+    assert row[3] == UsageEvent.model_validate_json(text).canonical().decode()
+    got = decode(row[2])
     want = expected(pos, text)
     at = got.pop("occurred_at")
     assert at is not None and datetime.fromisoformat(at) == want.pop("occurred_at")
@@ -105,7 +107,7 @@ def check(pos: int, line: str, text: str) -> dict[str, str | None]:
 
 
 def test_columns_are_read_from_the_copy_statement() -> None:
-    assert NAMES[:6] == ["pos", "event_id", "occurred_at", "payload_hash", "doc", "extra"] and len(NAMES) == 25
+    assert NAMES[:5] == ["pos", "event_id", "occurred_at", "payload_hash", "extra"] and len(NAMES) == 24
 
 
 def test_plain_events_make_lines_with_exactly_their_fields() -> None:
@@ -116,7 +118,7 @@ def test_plain_events_make_lines_with_exactly_their_fields() -> None:
     assert parsed.rejected == [] and len(parsed.rows) == len(texts)
     for pos, (row, text) in enumerate(zip(parsed.rows, texts, strict=True)):
         assert row[0] == pos and row[1] == UsageEvent.model_validate_json(text).occurred_at
-        assert check(pos, row[2], text) == {"extra": None}
+        assert check(pos, row, text) == {"extra": None}
 
 
 @pytest.mark.parametrize("value", HARD)
@@ -134,14 +136,14 @@ def test_values_that_need_escaping_round_trip(value: str) -> None:
     )
     parsed = ingest.parse([text], now=NOW, future_tolerance=TOL)
     assert parsed.rejected == []
-    extra = check(0, parsed.rows[0][2], text)["extra"]
+    extra = check(0, parsed.rows[0], text)["extra"]
     assert extra is not None and json.loads(extra) == {"future": {"x": value}}
 
 
 def test_escape_in_extra_only_still_escapes_extra() -> None:
     text = json.dumps(doc(1, future="a\tb\\c"))
-    line = ingest.parse([text], now=NOW, future_tolerance=TOL).rows[0][2]
-    extra = check(0, line, text)["extra"]
+    row = ingest.parse([text], now=NOW, future_tolerance=TOL).rows[0]
+    extra = check(0, row, text)["extra"]
     assert extra is not None and json.loads(extra) == {"future": "a\tb\\c"}
 
 
@@ -159,8 +161,9 @@ def test_invalid_and_future_events_are_rejected_with_position_and_reason() -> No
 
 def test_hash_is_the_sha256_of_the_canonical_json() -> None:
     text = json.dumps(doc(3, future_field=1))
-    got = decode(ingest.parse([text], now=NOW, future_tolerance=TOL).rows[0][2])
-    assert got["doc"] is not None and got["payload_hash"] == "\\x" + hashlib.sha256(got["doc"].encode()).hexdigest()
+    row = ingest.parse([text], now=NOW, future_tolerance=TOL).rows[0]
+    got = decode(row[2])
+    assert got["payload_hash"] == "\\x" + hashlib.sha256(row[3].encode()).hexdigest()
     assert got["payload_hash"] == "\\x" + UsageEvent.model_validate_json(text).payload_hash().hex()
 
 
