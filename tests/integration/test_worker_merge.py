@@ -114,6 +114,32 @@ def test_a_transaction_carrying_jobs_stores_and_counts_what_they_would_alone(
     assert any("ahead of the server clock" in r for _, r in by_job["merged"])
 
 
+def test_each_conflict_keeps_its_own_payload_when_dropped_rows_come_before_it(
+    settings: Settings, conn: psycopg.Connection[Any]
+) -> None:
+    # the conflicting copies' payloads are found by staged position: rows dropped before them (by the clock,
+    # by validation) must not shift them, in the job's prepared batch nor in a rider's
+    add_rate(conn)
+    with connect(settings) as c:
+        ingest.ingest_batch(c, [text(event("d-a")), text(event("d-x"))], settings=settings, job_id="d-0")
+        own = [text(event("d-t0")), text(event("d-late", occurred_at=LATE)), text(event("d-a", input_tokens=777))]
+        rider = ['{"schema_version": 1', text(event("d-x", output=33))]
+        carried = ingest.ingest_batch(
+            c,
+            own,
+            settings=settings,
+            job_id="d-1",
+            prepared=ingest.prepare(own),
+            riders=[ingest.Rider("d-2", ingest.prepare(rider))],
+        )
+    assert _counts(carried) == (3, 1, 0, 1, 1, 0) and _counts(carried.merged["d-2"]) == (2, 0, 0, 1, 1, 0)
+    stored = conn.execute(
+        "SELECT event_id, payload->'usage'->>'input_tokens', payload->'usage'->>'output_tokens'"
+        " FROM event_conflicts ORDER BY 1"
+    ).fetchall()
+    assert stored == [("d-a", "777", "200"), ("d-x", "1000", "33")]
+
+
 def test_a_job_committed_by_an_open_transaction_waits_for_it_and_returns_its_result(
     settings: Settings, conn: psycopg.Connection[Any]
 ) -> None:
