@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 #: the rq job function; a job's only argument is a list of events, each one event's JSON text as sent
@@ -18,6 +19,12 @@ RETRY_INTERVALS = (1, 2, 5, 15, 30, 60, 120, 300)
 #: keep results briefly and failures effectively for ever (rq's default failure_ttl is one year)
 RESULT_TTL = 600
 FAILURE_TTL = 10 * 365 * 24 * 3600
+
+
+def description(events: Sequence[Any]) -> str:
+    """An ingest job's rq description. Without one, rq builds it from the repr of the whole batch (then cuts
+    it to 75 characters): ~0.5 us per event of the publisher's CPU."""
+    return f"{INGEST_FUNC}(<{len(events)} events>)"
 
 
 def batch_bytes(events: list[Any]) -> int:

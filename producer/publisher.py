@@ -338,6 +338,7 @@ class Publisher:
                         result_ttl=jobspec.RESULT_TTL,
                         failure_ttl=jobspec.FAILURE_TTL,
                         retry=self._retry,
+                        description=jobspec.description(batch),
                     )
                     for batch in group
                 ],

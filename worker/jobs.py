@@ -44,6 +44,7 @@ def enqueue_batch(queue: Queue, events: Sequence[str], *, pipeline: Any = None, 
         retry=Retry(max=jobspec.RETRY_MAX, interval=list(jobspec.RETRY_INTERVALS)),
         pipeline=pipeline,
         job_id=job_id,
+        description=jobspec.description(events),
     )
 
 

@@ -120,6 +120,8 @@ def test_batches_are_bounded_by_bytes(make_publisher, rconn: redis.Redis) -> Non
     jobs = queued_jobs(rconn)
     assert [len(job.args[0]) for job in jobs] == [2, 2, 1]
     assert all(len(json.dumps(job.args[0])) <= 1200 for job in jobs)
+    # described by their size: rq would otherwise build the description from the repr of the whole batch
+    assert [job.description for job in jobs] == [f"worker.jobs.ingest_batch(<{n} events>)" for n in (2, 2, 1)]
     assert [t for job in jobs for t in job.args[0]] == texts
 
 
