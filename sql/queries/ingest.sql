@@ -33,7 +33,10 @@ DELETE FROM ingest_jobs WHERE committed_at < now() - interval '90 days'
 -- actually inserted, priced, shaped like events so that the aggregates take it as it is. The canonical
 -- JSON is not staged: only a conflict stores it, and the worker has it (insert_conflicts); staged, it
 -- was half of each row's bytes (COPY, and every scan of the staging table).
-CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
+-- Made once per session by this process, after dropping any left by another one (a session a pooler
+-- hands over keeps its temp tables, perhaps of an older shape; pg_temp: never a permanent table).
+DROP TABLE IF EXISTS pg_temp.ingest_stage, pg_temp.ingest_new;
+CREATE TEMP TABLE ingest_stage (
     pos                   integer NOT NULL,
     event_id              text NOT NULL,
     occurred_at           timestamptz NOT NULL,
@@ -59,7 +62,7 @@ CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
     reasoning_tokens      bigint NOT NULL,
     provider_cost         numeric
 ) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS ingest_new (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE ingest_new (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
 
 -- name: copy_stage
 COPY ingest_stage (pos, event_id, occurred_at, payload_hash, extra, org_id, user_id, session_id, request_type,

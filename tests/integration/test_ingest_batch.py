@@ -175,3 +175,17 @@ def test_aggregates_add_with_sign_minus_one_reverses(settings: Settings, conn: p
     assert row.fetchone() == (0, 0, 0, 0)
     with pytest.raises(ValueError):
         aggregates.add(conn, "events", sign=2)  # type: ignore[arg-type]
+
+
+def test_a_session_with_staging_tables_of_an_older_shape_gets_them_made_again(
+    settings: Settings, conn: psycopg.Connection[Any]
+) -> None:
+    # a session handed over by a pooler keeps its temp tables: here an ingest_stage from before the canonical
+    # JSON left it (a NOT NULL doc column the COPY no longer fills); the first batch of this process drops it
+    add_rate(conn)
+    with connect(settings) as c:
+        c.execute("CREATE TEMP TABLE ingest_stage (pos integer NOT NULL, doc text NOT NULL, event_id text NOT NULL)")
+        c.commit()
+        result = ingest_batch(c, [text(event("s1")), text(event("s2"))], settings=settings)
+        assert (result.inserted, result.rejected) == (2, 0)
+    assert_consistent(conn, [event("s1"), event("s2")])
