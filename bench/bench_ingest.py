@@ -200,7 +200,7 @@ def copy_ceiling(template: str, texts: list[str]) -> tuple[float, float]:
 
     The ceiling: the rows already in COPY text, sent as one block, so the clock times the server loading
     them (the physical limit), not the client formatting them. Also the same rows handed to psycopg one by one
-    (`write_row`, which formats each value in Python): what the bench called the ceiling before 23 Nov.
+    (`write_row`, which formats each value in Python): what the bench called the ceiling until 23 Nov 01:51.
     """
     rows = []
     for t in texts:
