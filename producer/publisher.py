@@ -334,11 +334,8 @@ class Publisher:
                     Queue.prepare_data(
                         jobspec.INGEST_FUNC,
                         args=[batch],
-                        timeout=jobspec.JOB_TIMEOUT,
-                        result_ttl=jobspec.RESULT_TTL,
-                        failure_ttl=jobspec.FAILURE_TTL,
                         retry=self._retry,
-                        description=jobspec.description(batch),
+                        **jobspec.job_options(batch),
                     )
                     for batch in group
                 ],

@@ -38,13 +38,10 @@ def enqueue_batch(queue: Queue, events: Sequence[str], *, pipeline: Any = None, 
     return queue.enqueue_call(
         func=jobspec.INGEST_FUNC,
         args=(list(events),),
-        timeout=jobspec.JOB_TIMEOUT,
-        result_ttl=jobspec.RESULT_TTL,
-        failure_ttl=jobspec.FAILURE_TTL,
         retry=Retry(max=jobspec.RETRY_MAX, interval=list(jobspec.RETRY_INTERVALS)),
         pipeline=pipeline,
         job_id=job_id,
-        description=jobspec.description(events),
+        **jobspec.job_options(events),
     )
 
 
