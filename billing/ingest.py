@@ -217,8 +217,7 @@ def _checked(events: Sequence[Any], rejected: list[Rejection]) -> Iterator[Row]:
         else:
             raw = serialize(event)
             extra_json = None
-        canonical = raw.decode()
-        yield pos, event.occurred_at, _copy_line(pos, event, raw, canonical, extra_json), canonical
+        yield pos, event.occurred_at, _copy_line(pos, event, raw, extra_json), raw.decode()
 
 
 def ingest_batch(
@@ -520,10 +519,10 @@ def quota_hook(name: str) -> Callable[..., None] | None:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def _copy_line(pos: int, event: _Incoming, raw: bytes, canonical: str, extra_json: str | None) -> str:
+def _copy_line(pos: int, event: _Incoming, raw: bytes, extra_json: str | None) -> str:
     # One line of COPY text format for ingest_stage: the validated fields typed, so Postgres neither
-    # parses a jsonb document per event nor extracts its fields. The sha256 of the canonical JSON (`raw`,
-    # and `canonical` decoded) is the conflict hash; the JSON itself is not staged (see create_stage).
+    # parses a jsonb document per event nor extracts its fields. The sha256 of the canonical JSON (`raw`)
+    # is the conflict hash; the JSON itself is not staged (see create_stage).
     u = event.usage
     digest = hashlib.sha256(raw).hexdigest()
     texts = (
@@ -536,7 +535,7 @@ def _copy_line(pos: int, event: _Incoming, raw: bytes, canonical: str, extra_jso
         event.service_tier,
         event.reservation_id,
     )
-    if "\\" not in canonical and (extra_json is None or "\\" not in extra_json):
+    if b"\\" not in raw and (extra_json is None or "\\" not in extra_json):
         # The canonical JSON holds every field, and JSON writes a backslash, quote, tab, newline or
         # carriage return in a string as a backslash sequence: without one, no value needs a COPY
         # escape and no tag needs a JSON escape (the common case: no per-field scan).
