@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,7 +42,7 @@ import billing.ingest
 from billing.db import CONNECT_OPTIONS
 from billing.settings import Settings
 from billing.sqlfiles import queries
-from producer.publisher import Publisher, PublisherConfig
+from producer.publisher import Publisher
 from worker.jobs import enqueue_batch
 
 QUEUE = "usagebill"
@@ -73,24 +74,17 @@ def add_rates(url: str) -> None:
             )
 
 
-def job_count(texts: list[str], batch: int) -> int:
-    """How many jobs the Publisher makes of `texts`: `batch` events each (checked: no batch reaches its bytes
-    bound, which would split it into more jobs than wait_done counts)."""
-    for i in range(0, len(texts), batch):
-        if sum(len(json.dumps(t)) + 2 for t in texts[i : i + batch]) > PublisherConfig().batch_max_bytes:
-            raise SystemExit(f"a {batch}-event batch exceeds the Publisher's bytes bound: the job count would be off")
-    return -(-len(texts) // batch)
-
-
-def publish(redis_url: str, texts: list[str], batch: int) -> None:
-    """Publish as an app does, with the producer's Publisher: `batch`-event jobs, a few jobs per MULTI/EXEC,
-    each group in Redis (and taken by the workers) while the next one is built."""
+@contextmanager
+def publisher(redis_url: str, batch: int) -> Iterator[Publisher]:
+    """The producer's Publisher, as an app publishes: `batch`-event jobs, a few jobs per MULTI/EXEC, each group
+    in Redis (and taken by the workers) while the next one is built. `enqueue` raises if Redis does not take a
+    group: the bench then stops."""
     with tempfile.TemporaryDirectory() as spool:
-        publisher = Publisher(redis_url=redis_url, queue=QUEUE, batch_size=batch, spool_dir=spool, handle_sigterm=False)
+        pub = Publisher(redis_url=redis_url, queue=QUEUE, batch_size=batch, spool_dir=spool, handle_sigterm=False)
         try:
-            publisher.enqueue(texts)  # raises if Redis does not take a group: the bench then stops
+            yield pub
         finally:
-            publisher.close()
+            pub.close()
 
 
 def wait_done(client: redis.Redis, jobs: int, timeout: float = 600) -> None:
@@ -140,9 +134,10 @@ def e2e(
         add_rates(url)
         procs = start_workers(workers, url, redis_url, QUEUE, env)
         try:
-            jobs = job_count(texts, batch)
-            t0 = time.perf_counter()
-            publish(redis_url, texts, batch)
+            with publisher(redis_url, batch) as pub:
+                jobs = len(pub._batches(texts))  # the jobs it makes of them (by count and bytes), for wait_done
+                t0 = time.perf_counter()
+                pub.enqueue(texts)
             wait_done(client, jobs)
             elapsed = time.perf_counter() - t0
         finally:
