@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="Events one ingest transaction may carry from jobs waiting in the queue, its own included"
         " (with the look-ahead; 0: one job per transaction).",
     )
+    commit_ahead: bool = Field(
+        True,
+        alias="USAGEBILL_COMMIT_AHEAD",
+        description="With the look-ahead: commit the next prepared jobs while rq does its bookkeeping of the last.",
+    )
     db_pool_size: int = Field(4, alias="USAGEBILL_DB_POOL_SIZE", ge=1, description="Connections per worker process.")
     metrics_port: int = Field(
         0,

@@ -93,6 +93,7 @@ def _ingest_job(events: list[str]) -> dict[str, Any]:
         if len(events) > 1:
             return _split(job, events, reason)
         return _park(res, events, reason, job_id)
+    proc.go_ahead()  # the next prepared jobs may commit while rq does its bookkeeping of this one
     ingest.test_pause("after_commit")
     _refresh_mirror(res, result.org_months, result.reservation_ids)
     return _result(result)
@@ -141,6 +142,19 @@ def _ingest_carrying(
     # run of it finds them in ingest_jobs); a rider another transaction committed first was left out
     proc.merge_committed({rider: {**_result(counts), "merged_into": job_id} for rider, counts in result.merged.items()})
     return result
+
+
+def commit_ahead(lead_id: str, prepared: ingest.Prepared, riders: list[ingest.Rider]) -> dict[str, dict[str, Any]]:
+    """The look-ahead's transaction ahead of rq (worker/prefetch.py, `Prefetcher.commit_ahead`): the job
+    `lead_id`'s prepared batch and its riders, committed as that job's own run would (its claim, then
+    the quota mirror's refresh). Returns what each job it committed returns when rq hands it over. Any
+    failure propagates: each job then runs on its own, with the error handling above."""
+    res = proc.resources()
+    result = _ingest_once(res, list(prepared.events), lead_id, prepared, riders)
+    _refresh_mirror(res, result.org_months, result.reservation_ids)
+    out = {lead_id: _result(result)}
+    out.update({rider: {**_result(counts), "merged_into": lead_id} for rider, counts in result.merged.items()})
+    return out
 
 
 def _ingest_once(

@@ -90,9 +90,15 @@ def resources() -> Resources:
     return _resources if _resources is not None else setup(Settings())
 
 
+#: at exit, how long to wait for a transaction committing ahead (it commits whole or not at all either way)
+CLOSE_WAIT_SECONDS = 30.0
+
+
 def close() -> None:
-    """Close the pool and the Redis client (at worker exit)."""
+    """Close the pool and the Redis client (at worker exit), once no transaction commits ahead."""
     global _resources  # noqa: PLW0603
+    if _prefetcher is not None and not _prefetcher.stop_ahead(timeout=CLOSE_WAIT_SECONDS):
+        log.warning("a transaction committing ahead is still open at exit: it rolls back, its jobs stay queued")
     if _resources is not None:
         _resources.pool.close()
         _resources.redis.close()
@@ -249,6 +255,8 @@ class UsagebillWorker(SimpleWorker):
         # Exception), and rq has already made the next SIGTERM a cold stop. Remembered here, the request
         # is honoured anyway: by rq's loop before its next dequeue (`should_run_maintenance_tasks`).
         self._stop_requested = True
+        if self.prefetcher is not None:
+            self.prefetcher.stop_ahead()  # nothing more committed ahead: the jobs it would take stay queued
         super().request_stop(signum, frame)  # type: ignore[no-untyped-call]
 
     @property
@@ -301,6 +309,12 @@ def make_worker(client: redis.Redis, names: Sequence[str], *, prefetch: bool = T
             _prefetcher = Prefetcher(client, keys, max_events=most, max_bytes=size, merge_events=merge)
         else:  # a process that makes another worker (tests): one thread, now for these queues
             _prefetcher.retarget(client, keys, max_events=most, max_bytes=size, merge_events=merge)
+        if settings.commit_ahead:
+            from worker.jobs import commit_ahead  # noqa: PLC0415 - worker.jobs imports this module
+
+            _prefetcher.commit_ahead(commit_ahead)
+        else:
+            _prefetcher.stop_ahead()
         worker.prefetcher = _prefetcher
     return worker
 
@@ -323,6 +337,12 @@ def riders_for(job: Job | None, own_events: int, own_bytes: int) -> list[ingest.
     except redis.RedisError:
         return []  # the job itself meets Redis again when it finishes
     return _prefetcher.riders(job.id, queued, own_events, own_bytes)
+
+
+def go_ahead() -> None:
+    """A job's transaction committed: the look-ahead may commit the next prepared jobs ahead of rq."""
+    if _prefetcher is not None and _prefetcher.active:
+        _prefetcher.go_ahead()
 
 
 def merge_committed(results: dict[str, dict[str, Any]]) -> None:

@@ -40,7 +40,9 @@ def test_sigkill_then_rerun_counts_once(
     q = _queue(settings, rconn)
     enqueue_batch(q, [text(d) for d in docs[:20]])
     enqueue_batch(q, [text(d) for d in docs[10:]])  # overlaps the first batch
-    proc = start_paused(cli_env, step, tmp_path / "marker", burst=True)
+    # the second job runs as a job of its own (test_worker_merge kills a worker that committed jobs ahead)
+    env = dict(cli_env, USAGEBILL_COMMIT_AHEAD="false")
+    proc = start_paused(env, step, tmp_path / "marker", burst=True)
     in_flight = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
     ).fetchone()

@@ -35,7 +35,7 @@ from tests.integration.ingest_util import (
     worker_resources,
 )
 from worker import worker as proc
-from worker.jobs import enqueue_batch
+from worker.jobs import commit_ahead, enqueue_batch
 from worker.prefetch import Prefetcher
 
 LATE = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
@@ -280,9 +280,12 @@ def test_merging_can_be_turned_off(settings: Settings, conn: psycopg.Connection[
         worker = proc.make_worker(res.redis, [res.settings.queue])
         assert worker.prefetcher is not None
         _prepare_all(worker, jobs)
-        before = (worker.prefetcher.hits, worker.prefetcher.merged)
+        p = worker.prefetcher
+        before = (p.hits + p.committed_ahead, p.merged)
         worker.work(burst=True, logging_level="WARNING")
-        assert (worker.prefetcher.hits - before[0], worker.prefetcher.merged - before[1]) == (3, 0)
+        # each job in a transaction of its own: run by its job (with its prepared batch), or committed ahead
+        # of rq after the previous one (worker/prefetch.py), never carried by another job's
+        assert (p.hits + p.committed_ahead - before[0], p.merged - before[1]) == (3, 0)
         assert all("merged_into" not in _result(res, j) for j in jobs)
         assert_consistent(conn, docs)
 
@@ -344,8 +347,10 @@ def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
     q = Queue(settings.queue, connection=rconn, serializer=JSONSerializer)
     jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 20]] + ["not json"]) for i in range(0, 60, 20)]
     marker = tmp_path / "marker"
-    # every transaction pauses 2 s at `step`; the first job's: the look-ahead prepares the others meanwhile
-    worker = start_paused(cli_env, step, marker, burst=True, seconds=2)
+    # every transaction pauses 2 s at `step`; the first job's: the look-ahead prepares the others meanwhile.
+    # The second job carries the third in its own run, not committed ahead (see the test below)
+    env = dict(cli_env, USAGEBILL_COMMIT_AHEAD="false")
+    worker = start_paused(env, step, marker, burst=True, seconds=2)
     marker.unlink()
     wait_for_pause(worker, step, marker)  # the second job's, carrying the third
     carrying = conn.execute(
@@ -382,6 +387,121 @@ def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
         # the carried job and its carrier ran again: they found their stored results
         assert results[1]["already_committed"] and results[1]["merged"] == [jobs[2].id]
         assert results[2]["already_committed"] and results[2]["merged_into"] == jobs[1].id
+
+
+def _ahead_of(res: proc.Resources, q: Queue, jobs: list[Job], merge_events: int) -> Prefetcher:
+    """A look-ahead on `q` that commits ahead, once it has prepared every job of `jobs`."""
+    prefetcher = Prefetcher(res.redis, [q.key], max_events=100, max_bytes=10**6, merge_events=merge_events)
+    prefetcher.activate(True)
+    prefetcher.commit_ahead(commit_ahead)
+    prefetcher.ahead("current")
+    _wait(lambda: prefetcher.ready_ids() == [j.id for j in jobs], "the look-ahead did not prepare the jobs")
+    return prefetcher
+
+
+def _wait(done: Any, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not done():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
+def test_the_prepared_jobs_after_a_commit_are_committed_ahead_of_rq(
+    res: proc.Resources, conn: psycopg.Connection[Any]
+) -> None:
+    add_rate(conn)
+    docs = [event(f"a{i}", user_id=f"u{i % 3}") for i in range(50)]
+    q = ingest_queue(res)
+    jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 10]] + ["not json"]) for i in range(0, 50, 10)]
+    packed = {j.id: res.redis.hget(Job.key_for(j.id), "data") for j in jobs}
+    prefetcher = _ahead_of(res, q, jobs, merge_events=22)  # a transaction: a job and one rider
+    try:
+        q.remove(jobs[0].id)  # the worker took the first job: its own to run, never committed ahead
+        assert prefetcher.merged_into(jobs[0].id, packed[jobs[0].id]) is None
+        prefetcher.go_ahead()  # as its commit does: jobs 1 and 2 commit, then (a chain) jobs 3 and 4
+        _wait(lambda: prefetcher.committed_ahead == 4, "the jobs were not committed ahead")
+        assert_consistent(conn, docs[10:])
+        assert q.job_ids == [j.id for j in jobs[1:]]  # rq has not taken them yet: nothing else happened
+        claims = conn.execute("SELECT job_id, result->>'inserted' FROM ingest_jobs ORDER BY committed_at, job_id")
+        assert sorted(claims.fetchall()) == sorted((j.id, "10") for j in jobs[1:])
+        # when rq hands each job over, it finishes at once with what its transaction stored for it
+        results = [prefetcher.merged_into(j.id, packed[j.id]) for j in jobs[1:]]
+        assert all(r is not None for r in results)
+        r1, r2, r3, r4 = (r or {} for r in results)
+        assert r1["merged"] == [jobs[2].id] and "merged_into" not in r1 and r2["merged_into"] == jobs[1].id
+        assert r3["merged"] == [jobs[4].id] and r4["merged_into"] == jobs[3].id
+        assert [(r["inserted"], r["rejected"], r["received"]) for r in (r1, r2, r3, r4)] == [(10, 1, 11)] * 4
+        parked = conn.execute("SELECT job_id, count(*) FROM rejected_events GROUP BY 1").fetchall()
+        assert dict(parked) == {j.id: 1 for j in jobs[1:]}
+    finally:
+        assert prefetcher.stop_ahead(timeout=10)
+        prefetcher.activate(False)
+
+
+def test_a_failed_transaction_ahead_leaves_its_jobs_to_run_alone(
+    res: proc.Resources, conn: psycopg.Connection[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    conn.execute("ALTER TABLE events ADD CONSTRAINT test_poison CHECK (model <> 'poison-model')")
+    docs = [event(f"f{i}") for i in range(30)]
+    q = ingest_queue(res)
+    batches = [[text(d) for d in docs[:10]], [text(d) for d in docs[10:20]], [text(d) for d in docs[20:]]]
+    batches[1].append(text(event("bad", model="poison-model")))  # valid, refused by the database
+    jobs = [enqueue_batch(q, b) for b in batches]
+    prefetcher = _ahead_of(res, q, jobs, merge_events=1000)
+    try:
+        q.remove(jobs[0].id)
+        assert prefetcher.merged_into(jobs[0].id, res.redis.hget(Job.key_for(jobs[0].id), "data")) is None
+        with caplog.at_level(logging.WARNING, logger="usagebill.prefetch"):
+            prefetcher.go_ahead()
+            _wait(lambda: prefetcher.ahead_failures == 1, "the transaction ahead did not fail")
+        assert any("committing 2 job(s) ahead failed, each runs on its own" in r.message for r in caplog.records)
+        assert prefetcher.committed_ahead == 0 and conn.execute("SELECT count(*) FROM events").fetchone() == (0,)
+        for job in jobs[1:]:  # not done: each runs on its own
+            assert prefetcher.merged_into(job.id, res.redis.hget(Job.key_for(job.id), "data")) is None
+    finally:
+        assert prefetcher.stop_ahead(timeout=10)
+        prefetcher.activate(False)
+    q.enqueue_job(jobs[0])  # back in the queue: a worker runs all three (the poison event isolated)
+    proc.make_worker(res.redis, [res.settings.queue]).work(burst=True, logging_level="WARNING")
+    assert_consistent(conn, docs)
+    rows = conn.execute("SELECT event_id, reason FROM rejected_events").fetchall()
+    assert len(rows) == 1 and rows[0][0] == "bad" and "test_poison" in rows[0][1]
+    assert FailedJobRegistry(q.name, connection=res.redis).count == 0
+
+
+def test_sigkill_after_jobs_committed_ahead_then_rerun_counts_once(
+    settings: Settings,
+    rconn: redis.Redis,
+    conn: psycopg.Connection[Any],
+    cli_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    add_rate(conn)
+    docs = [event(f"z{i}", user_id=f"u{i % 3}") for i in range(60)]
+    q = Queue(settings.queue, connection=rconn, serializer=JSONSerializer)
+    jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 20]] + ["not json"]) for i in range(0, 60, 20)]
+    # the first job pauses after its commit; meanwhile the others commit ahead of rq, which never hands
+    # them over: the worker is killed first
+    worker = start_paused(cli_env, "after_commit", tmp_path / "marker", burst=True, seconds=60)
+    deadline = time.monotonic() + 30
+    while conn.execute("SELECT count(*) FROM ingest_jobs").fetchone() != (3,):
+        assert time.monotonic() < deadline, "the queued jobs were not committed ahead"
+        time.sleep(0.02)
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (60,)
+    assert q.job_ids == [j.id for j in jobs[1:]]  # committed, still queued
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate(timeout=10)
+    rerun = run_burst(cli_env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "re-queued 1 abandoned" in rerun.stderr
+    assert q.count == 0 and StartedJobRegistry(q.name, connection=rconn).count == 0
+    assert_consistent(conn, docs)
+    parked = conn.execute("SELECT job_id, count(*) FROM rejected_events GROUP BY 1").fetchall()
+    assert dict(parked) == {j.id: 1 for j in jobs}
+    # every job ran again and found what the transaction that committed it stored: nothing twice
+    results = [Job.fetch(j.id, connection=rconn, serializer=JSONSerializer).return_value() for j in jobs]
+    assert all(r["already_committed"] for r in results)
+    assert [(r["inserted"], r["rejected"]) for r in results] == [(20, 1)] * 3
 
 
 def test_claims_older_than_90_days_are_pruned(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
