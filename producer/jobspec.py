@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import zlib
 from collections.abc import Sequence
 from typing import Any
+
+from rq.job import Job
 
 #: the rq job function; a job's only argument is a list of events, each one event's JSON text as sent
 INGEST_FUNC = "worker.jobs.ingest_batch"
@@ -33,6 +37,25 @@ def job_options(events: Sequence[Any]) -> dict[str, Any]:
         "failure_ttl": FAILURE_TTL,
         "description": f"{INGEST_FUNC}(<{len(events)} events>)",
     }
+
+
+#: zlib level of a published job's payload: rq compresses at zlib's default (6); level 1 took ~1.8 ms
+#: instead of ~4.4 ms per 1000-event job (~0.45 MB of JSON), for a payload ~35% larger (50 vs 37 kB)
+PAYLOAD_ZLIB_LEVEL = 1
+
+
+class PublishedJob(Job):
+    """An ingest job as a publisher saves it: rq's own format (its JSON payload as a zlib stream, which any
+    rq worker reads), compressed at PAYLOAD_ZLIB_LEVEL: on the app's host, compression was ~40% of the
+    CPU of enqueueing a batch."""
+
+    def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
+        # rq compresses self.data: a shallow copy with no payload gives it nothing to compress
+        bare = copy.copy(self)
+        bare._data = b""
+        obj = Job.to_dict(bare, include_meta=include_meta, include_result=include_result)
+        obj["data"] = zlib.compress(self.data, PAYLOAD_ZLIB_LEVEL)
+        return obj
 
 
 def batch_bytes(events: list[Any]) -> int:

@@ -294,7 +294,8 @@ class Publisher:
                 retry=RedisRetry(NoBackoff(), 0),
             )
             redis = Redis(connection_pool=pool)
-            conn = self._conns[patient] = (redis, Queue(cfg.queue, connection=redis, serializer=JSONSerializer))
+            queue = Queue(cfg.queue, connection=redis, serializer=JSONSerializer, job_class=jobspec.PublishedJob)
+            conn = self._conns[patient] = (redis, queue)
         return conn
 
     def _batches(self, texts: Sequence[str]) -> list[list[str]]:

@@ -123,6 +123,12 @@ def test_batches_are_bounded_by_bytes(make_publisher, rconn: redis.Redis) -> Non
     # described by their size: rq would otherwise build the description from the repr of the whole batch
     assert [job.description for job in jobs] == [f"worker.jobs.ingest_batch(<{n} events>)" for n in (2, 2, 1)]
     assert [t for job in jobs for t in job.args[0]] == texts
+    # rq's payload format (rq read the jobs back above), compressed at zlib level 1: its header says so
+    stored = [rconn.hget(f"rq:job:{job.id}", "data") for job in jobs]
+    assert all(isinstance(raw, bytes) and raw[:2] == b"\x78\x01" for raw in stored)
+    assert [json.loads(zlib.decompress(raw))[2][0] for raw in stored if isinstance(raw, bytes)] == [
+        job.args[0] for job in jobs
+    ]
 
 
 def test_full_buffer_drops_are_counted_and_reported(
