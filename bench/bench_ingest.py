@@ -381,6 +381,8 @@ def main() -> None:
         one, sizes = sorted(ones, key=lambda r: r[0])[RUNS // 2]
         # the same worker without its look-ahead (validation in the job), then with bigger jobs
         alone = e2e(template, redis_url, texts, distinct, 1, args.batch, {"USAGEBILL_PREFETCH": "false"})[0]
+        # with the look-ahead and merging, without committing ahead of rq's bookkeeping
+        behind = e2e(template, redis_url, texts, distinct, 1, args.batch, {"USAGEBILL_COMMIT_AHEAD": "false"})[0]
         # with the look-ahead but one job per transaction (no merging of waiting jobs)
         unmerged = e2e(template, redis_url, texts, distinct, 1, args.batch, {"USAGEBILL_MERGE_MAX_EVENTS": "0"})[0]
         # many small jobs (many app processes each flushing a few events): merging on, then off
@@ -416,6 +418,10 @@ def main() -> None:
     print(
         f"  same, look-ahead off:              {alone:10.0f} events/s   = {alone / ceiling:.3f} "
         f"(look-ahead: x{one / alone:.2f})"
+    )
+    print(
+        f"  same, commit-ahead off:            {behind:10.0f} events/s   = {behind / ceiling:.3f} "
+        f"(committing ahead: x{one / behind:.2f})"
     )
     print(
         f"  same, merging off:                 {unmerged:10.0f} events/s   = {unmerged / ceiling:.3f} "

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -144,17 +145,19 @@ def _ingest_carrying(
     return result
 
 
-def commit_ahead(lead_id: str, prepared: ingest.Prepared, riders: list[ingest.Rider]) -> dict[str, dict[str, Any]]:
+def commit_ahead(
+    lead_id: str, prepared: ingest.Prepared, riders: list[ingest.Rider]
+) -> tuple[dict[str, dict[str, Any]], Callable[[], None]]:
     """The look-ahead's transaction ahead of rq (worker/prefetch.py, `Prefetcher.commit_ahead`): the job
-    `lead_id`'s prepared batch and its riders, committed as that job's own run would (its claim, then
-    the quota mirror's refresh). Returns what each job it committed returns when rq hands it over. Any
-    failure propagates: each job then runs on its own, with the error handling above."""
+    `lead_id`'s prepared batch and its riders, committed as that job's own run would (its claim).
+    Returns what each job it committed returns when rq hands it over, and the quota mirror's refresh
+    (run once they are handed out). Any failure propagates: each job then runs on its own, with the
+    error handling above."""
     res = proc.resources()
     result = _ingest_once(res, list(prepared.events), lead_id, prepared, riders)
-    _refresh_mirror(res, result.org_months, result.reservation_ids)
     out = {lead_id: _result(result)}
     out.update({rider: {**_result(counts), "merged_into": lead_id} for rider, counts in result.merged.items()})
-    return out
+    return out, functools.partial(_refresh_mirror, res, result.org_months, result.reservation_ids)
 
 
 def _ingest_once(

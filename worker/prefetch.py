@@ -73,10 +73,11 @@ WAIT_SECONDS = 2.0
 
 #: how long a job waits for the transaction committing it ahead before running itself (then its claim
 #: waits for that transaction, and returns its stored result if it committed)
-AHEAD_WAIT_SECONDS = 60.0
+AHEAD_WAIT_SECONDS = jobspec.JOB_TIMEOUT / 2
 #: a transaction committing ahead: (the leading job id, its prepared batch, the riders) -> the result of
-#: each job it committed, by job id (what each returns when rq hands it over)
-Commit = Callable[[str, ingest.Prepared, list[ingest.Rider]], dict[str, dict[str, Any]]]
+#: each job it committed, by job id (what each returns when rq hands it over), and what to do once they
+#: are handed out (the quota mirror's refresh: no job waits for it)
+Commit = Callable[[str, ingest.Prepared, list[ingest.Rider]], tuple[dict[str, dict[str, Any]], Callable[[], None]]]
 
 
 #: what a committed rider keeps instead of its rows
@@ -128,6 +129,9 @@ class Prefetcher:
         self._commit: Commit | None = None  # commits ahead when set (`commit_ahead`)
         self._go = False  # a transaction committed: the next prepared jobs may be committed ahead
         self._held = False  # a transaction ahead waits for rq to take the jobs committed ahead before it
+        self._own = False  # rq's current job runs its own transaction: nothing commits ahead meanwhile
+        self._want = False  # the next job was not prepared yet: the look-ahead wakes the committer once it is
+        self._passed: set[str] = set()  # jobs that stopped waiting for their transaction ahead (ran themselves)
         self._stopping = False
         self._committer: threading.Thread | None = None
         self._default_interval = sys.getswitchinterval()
@@ -175,6 +179,10 @@ class Prefetcher:
             sys.setswitchinterval(min(SWITCH_INTERVAL, self._default_interval))
         else:
             sys.setswitchinterval(self._default_interval)
+            with self._cond:
+                # other workers share the queues now: they may take what was committed ahead (and find its
+                # claim); kept, those entries would hold back committing ahead once alone again
+                self._done.clear()
 
     def ahead(self, current_job_id: str) -> None:
         """The batch of `current_job_id` (and of its riders) goes to Postgres: prepare the jobs queued after
@@ -197,6 +205,7 @@ class Prefetcher:
     def go_ahead(self) -> None:
         """A transaction of this worker committed: the next prepared jobs may be committed ahead."""
         with self._cond:
+            self._own = False
             self._go = True
             self._cond.notify_all()
 
@@ -291,12 +300,14 @@ class Prefetcher:
         bytes; once per job. A job its transaction is committing ahead waits for it (at most
         AHEAD_WAIT_SECONDS). Otherwise the job is this worker's to run: nothing commits it ahead."""
         with self._cond:
-            self._cond.wait_for(lambda: job_id not in self._flight, timeout=AHEAD_WAIT_SECONDS)
-            done = self._done.get(job_id)
+            if not self._cond.wait_for(lambda: job_id not in self._flight, timeout=AHEAD_WAIT_SECONDS):
+                self._passed.add(job_id)  # runs itself (its claim waits for that transaction)
+            done = self._done.pop(job_id, None)  # once per job; a stale entry goes too
             if done is None or packed is None or done[0].packed != packed:
-                self._current = job_id  # running here: the look-ahead and the committer pass it over
+                # this worker's to run (a job loaded from other bytes finds its claim, if committed):
+                # the look-ahead passes it over, and nothing commits ahead while its transaction is open
+                self._current, self._own = job_id, True
                 return None
-            del self._done[job_id]
             if self._held:
                 self._held, self._go = False, True  # room again for the transaction ahead held back
                 self._cond.notify_all()
@@ -356,6 +367,9 @@ class Prefetcher:
                 log.warning("committing ahead: reading the queue failed", exc_info=True)
                 continue
             with self._cond:
+                # checked again with the pick: a stop (SIGTERM, exit) or a job of rq's own since
+                if self._stopping or not self.active or self._own:
+                    continue
                 picked = self._pick(heads)
                 if not picked:
                     continue
@@ -364,7 +378,7 @@ class Prefetcher:
             lead, *rest = picked
             riders = [ingest.Rider(job_id, ahead.prepared) for job_id, ahead in rest]
             try:
-                results = commit(lead[0], lead[1].prepared, riders)
+                results, after = commit(lead[0], lead[1].prepared, riders)
             except Exception as exc:  # whatever it was, each job meets it again when rq hands it over
                 log.warning(
                     "committing %d job(s) ahead failed, each runs on its own: %s: %s",
@@ -379,13 +393,20 @@ class Prefetcher:
                 continue
             with self._cond:
                 for job_id, ahead in self._flight.items():
-                    if job_id in results:  # a rider another transaction committed first was left out
+                    # a rider another transaction committed first was left out; a job that stopped
+                    # waiting ran itself (and found this transaction's claim)
+                    if job_id in results and job_id not in self._passed:
                         ahead.prepared = _SPENT
                         self._done[job_id] = (ahead, results[job_id])
                         self.committed_ahead += 1
+                self._passed.difference_update(self._flight)
                 self._flight.clear()
                 self._go = not self._stopping  # the next ones, if prepared (a chain of transactions)
                 self._cond.notify_all()
+            try:
+                after()
+            except Exception:  # the quota mirror is rebuilt from Postgres later
+                log.warning("after committing ahead", exc_info=True)
 
     def _pick(self, heads: Sequence[str]) -> list[tuple[str, _Ahead]]:
         # Under the lock: the jobs of the next transaction ahead, moved to _flight: the first job at the
@@ -401,6 +422,8 @@ class Prefetcher:
             if not picked and job_id in passed:
                 continue
             ahead = self._ready.get(job_id)
+            if ahead is None and not picked and job_id not in self._flight:
+                self._want = True  # not prepared yet: the look-ahead wakes this thread once it is
             if ahead is None or (picked and (ahead.events > room or ahead.size > room_bytes)):
                 break
             room -= ahead.events
@@ -443,6 +466,8 @@ class Prefetcher:
                 self._busy = None
                 if prepared is not None:
                     self._ready[job_id] = _Ahead(packed, prepared, plain, decoded, size, len(prepared.events))
+                    if self._want:
+                        self._want, self._go = False, True  # the committer was waiting for the next job
                     # jobs taken by other workers: forget the oldest
                     _trim(self._ready, KEEP_ROUNDS * self.round_events, lambda ahead: ahead.events)
                 self._cond.notify_all()

@@ -98,7 +98,10 @@ def close() -> None:
     """Close the pool and the Redis client (at worker exit), once no transaction commits ahead."""
     global _resources  # noqa: PLW0603
     if _prefetcher is not None and not _prefetcher.stop_ahead(timeout=CLOSE_WAIT_SECONDS):
-        log.warning("a transaction committing ahead is still open at exit: it rolls back, its jobs stay queued")
+        log.warning(
+            "a transaction committing ahead is still open at exit: it commits whole or not at all, and its"
+            " jobs stay queued (a later run of each finds its claim if it committed)"
+        )
     if _resources is not None:
         _resources.pool.close()
         _resources.redis.close()
