@@ -337,6 +337,16 @@ def test_a_failed_transaction_leaves_each_job_to_run_alone(
     assert FailedJobRegistry(q.name, connection=res.redis).count == 0
 
 
+def _three_jobs(
+    settings: Settings, rconn: redis.Redis, conn: psycopg.Connection[Any], tag: str
+) -> tuple[list[dict[str, Any]], Queue, list[Job]]:
+    """A rate, and three queued jobs of 20 valid events (ids `<tag><n>`) and one invalid each."""
+    add_rate(conn)
+    docs = [event(f"{tag}{i}", user_id=f"u{i % 3}") for i in range(60)]
+    q = Queue(settings.queue, connection=rconn, serializer=JSONSerializer)
+    return docs, q, [enqueue_batch(q, [text(d) for d in docs[i : i + 20]] + ["not json"]) for i in range(0, 60, 20)]
+
+
 @pytest.mark.parametrize("step", ["in_tx", "after_commit"])
 def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
     step: str,
@@ -346,10 +356,7 @@ def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
     cli_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    add_rate(conn)
-    docs = [event(f"k{i}", user_id=f"u{i % 3}") for i in range(60)]
-    q = Queue(settings.queue, connection=rconn, serializer=JSONSerializer)
-    jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 20]] + ["not json"]) for i in range(0, 60, 20)]
+    docs, q, jobs = _three_jobs(settings, rconn, conn, "k")
     marker = tmp_path / "marker"
     # every transaction pauses 2 s at `step`; the first job's: the look-ahead prepares the others meanwhile.
     # The second job carries the third in its own run, not committed ahead (see the test below)
@@ -480,10 +487,7 @@ def test_sigkill_after_jobs_committed_ahead_then_rerun_counts_once(
     cli_env: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    add_rate(conn)
-    docs = [event(f"z{i}", user_id=f"u{i % 3}") for i in range(60)]
-    q = Queue(settings.queue, connection=rconn, serializer=JSONSerializer)
-    jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 20]] + ["not json"]) for i in range(0, 60, 20)]
+    docs, q, jobs = _three_jobs(settings, rconn, conn, "z")
     # the first job pauses after its commit; meanwhile the others commit ahead of rq, which never hands
     # them over: the worker is killed first
     worker = start_paused(cli_env, "after_commit", tmp_path / "marker", burst=True, seconds=60)
