@@ -41,11 +41,12 @@ leaves its jobs to run on their own, and nothing more is committed ahead until a
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import sys
 import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -54,6 +55,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from billing import ingest
+from billing.db import first_line
 from producer import jobspec
 
 log = logging.getLogger("usagebill.prefetch")
@@ -260,14 +262,9 @@ class Prefetcher:
             if self._riding:  # a transaction ended without saying how (an interrupt): its riders run alone
                 log.warning("riders of job %s left behind: they run on their own", self._carrier)
                 self._riding.clear()
-            room, room_bytes = self.merge_events - own_events, self._max_bytes - own_bytes
+            ids = itertools.takewhile(lambda queued_id: queued_id != job_id, map(_text, queued))
             out: list[ingest.Rider] = []
-            for queued_id in map(_text, queued):
-                ahead = self._ready.get(queued_id)
-                if ahead is None or queued_id == job_id or ahead.events > room or ahead.size > room_bytes:
-                    break
-                room -= ahead.events
-                room_bytes -= ahead.size
+            for queued_id, ahead in self._run_of(ids, self.merge_events - own_events, self._max_bytes - own_bytes):
                 self._riding[queued_id] = self._ready.pop(queued_id)
                 out.append(ingest.Rider(queued_id, ahead.prepared))
             self._carrier = job_id if out else None
@@ -362,7 +359,7 @@ class Prefetcher:
                 if commit is None or self._stopping or not self.active:
                     continue  # (the thread stays: `commit_ahead` may start it again)
             try:
-                heads = self._heads(connection, keys)
+                heads = self._next_job_ids(connection, keys, set())
             except Exception:  # Redis: rq's own loop meets it too; the jobs then run as usual
                 log.warning("committing ahead: reading the queue failed", exc_info=True)
                 continue
@@ -384,7 +381,7 @@ class Prefetcher:
                     "committing %d job(s) ahead failed, each runs on its own: %s: %s",
                     len(picked),
                     type(exc).__name__,
-                    str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                    first_line(exc),
                 )
                 with self._cond:
                     self.ahead_failures += 1
@@ -415,36 +412,36 @@ class Prefetcher:
         if self._riding:
             return []  # a job's transaction carrying riders is open: it goes ahead once it commits
         passed = {self._current, *self._done}
-        room = max(self.merge_events, 1)
-        room_bytes = self._max_bytes
-        picked: list[tuple[str, _Ahead]] = []
-        for job_id in heads:
-            if not picked and job_id in passed:
-                continue
-            ahead = self._ready.get(job_id)
-            if ahead is None and not picked and job_id not in self._flight:
+        rest = itertools.dropwhile(lambda job_id: job_id in passed, heads)
+        lead_id = next(rest, None)
+        lead = None if lead_id is None else self._ready.get(lead_id)
+        if lead_id is None or lead is None:
+            if lead_id is not None and lead_id not in self._flight:
                 self._want = True  # not prepared yet: the look-ahead wakes this thread once it is
-            if ahead is None or (picked and (ahead.events > room or ahead.size > room_bytes)):
-                break
-            room -= ahead.events
-            room_bytes -= ahead.size
-            picked.append((job_id, ahead))
+            return []
+        room = max(self.merge_events, 1) - lead.events
+        picked = [(lead_id, lead), *self._run_of(rest, room, self._max_bytes - lead.size)]
         waiting = sum(done[0].events for done in self._done.values())
-        if picked and waiting + sum(a.events for _, a in picked) > KEEP_ROUNDS * self.round_events:
+        if waiting + sum(a.events for _, a in picked) > KEEP_ROUNDS * self.round_events:
             self._held = True  # `merged_into` lets it go once rq has taken some
             return []
         for job_id, _ in picked:
             self._flight[job_id] = self._ready.pop(job_id)
         return picked
 
-    @staticmethod
-    def _heads(connection: redis.Redis, keys: list[str]) -> list[str]:
-        # the head of the first non-empty queue: the jobs this worker takes next, in order
-        for key in keys:
-            heads = connection.lrange(key, 0, ROUND_JOBS - 1)
-            if heads:
-                return [_text(h) for h in heads]
-        return []
+    def _run_of(self, ids: Iterable[str], room: int, room_bytes: int) -> list[tuple[str, _Ahead]]:
+        # Under the lock: the prepared jobs at the front of `ids`, in order, up to the first one that is not
+        # prepared or does not fit in `room` events and `room_bytes` bytes with those before it (so jobs still
+        # commit in queue order). They stay in _ready: the caller takes them.
+        run: list[tuple[str, _Ahead]] = []
+        for job_id in ids:
+            ahead = self._ready.get(job_id)
+            if ahead is None or ahead.events > room or ahead.size > room_bytes:
+                break
+            room -= ahead.events
+            room_bytes -= ahead.size
+            run.append((job_id, ahead))
+        return run
 
     def _look(self, connection: redis.Redis, job_id: str, room: int | None) -> int | None:
         # prepares one job; returns its events (0 when not prepared), or None when it has more than `room`
