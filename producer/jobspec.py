@@ -50,12 +50,20 @@ class PublishedJob(Job):
     CPU of enqueueing a batch."""
 
     def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
-        # rq compresses self.data: a shallow copy with no payload gives it nothing to compress
-        bare = copy.copy(self)
-        bare._data = b""
-        obj = Job.to_dict(bare, include_meta=include_meta, include_result=include_result)
-        obj["data"] = zlib.compress(self.data, PAYLOAD_ZLIB_LEVEL)
-        return obj
+        stored = zlib.compress(self.data, PAYLOAD_ZLIB_LEVEL)
+        return dict_with_payload(self, stored, include_meta=include_meta, include_result=include_result)
+
+
+def dict_with_payload(job: Job, stored: bytes, *, include_meta: bool, include_result: bool) -> dict[str, Any]:
+    """rq's `Job.to_dict` of `job` (what rq saves in the job's hash) with `stored` as its payload, as is.
+
+    rq compresses `job.data` itself; a shallow copy with no payload gives it nothing to compress, and the
+    job is never left without its payload, whichever thread looks at it meanwhile."""
+    bare = copy.copy(job)
+    bare._data = b""
+    obj = Job.to_dict(bare, include_meta=include_meta, include_result=include_result)
+    obj["data"] = stored
+    return obj
 
 
 def batch_bytes(events: list[Any]) -> int:

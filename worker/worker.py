@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import socket
@@ -196,13 +195,7 @@ class IngestJob(Job):
         stored = self.stored_payload()
         if stored is None:
             return super().to_dict(include_meta=include_meta, include_result=include_result)
-        # rq compresses self.data: a shallow copy with no payload gives it nothing to compress, and this
-        # job is never left without its payload, whichever thread looks at it meanwhile
-        bare = copy.copy(self)
-        bare._data = b""
-        obj = Job.to_dict(bare, include_meta=include_meta, include_result=include_result)
-        obj["data"] = stored
-        return obj
+        return jobspec.dict_with_payload(self, stored, include_meta=include_meta, include_result=include_result)
 
 
 class UsagebillWorker(SimpleWorker):
