@@ -154,7 +154,7 @@ def commit_ahead(
     (run once they are handed out). Any failure propagates: each job then runs on its own, with the
     error handling above."""
     res = proc.resources()
-    result = _ingest_once(res, list(prepared.events), lead_id, prepared, riders)
+    result = _ingest_once(res, prepared.events, lead_id, prepared, riders)
     out = {lead_id: _result(result)}
     out.update({rider: {**_result(counts), "merged_into": lead_id} for rider, counts in result.merged.items()})
     return out, functools.partial(_refresh_mirror, res, result.org_months, result.reservation_ids)
@@ -162,7 +162,7 @@ def commit_ahead(
 
 def _ingest_once(
     res: proc.Resources,
-    events: list[str],
+    events: Sequence[Any],
     job_id: str | None,
     prepared: ingest.Prepared | None = None,
     riders: Sequence[ingest.Rider] = (),
