@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import sys
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,11 +29,12 @@ from billing.sqlfiles import queries, query
 from producer.event import UsageEvent
 
 #: test-only: `USAGEBILL_TEST_PAUSE_AT=<step>` makes the ingest job block at that step (before_tx,
-#: in_tx, after_commit) so a test can SIGKILL the worker at a known point; with
+#: in_tx, after_commit) so a test can SIGKILL the worker at a known point; `<step>@<thread name>` blocks
+#: only the thread of that name (e.g. the worker's transactions ahead of rq); with
 #: `USAGEBILL_TEST_PAUSE_MARKER=<path>` it first creates that file; with
 #: `USAGEBILL_TEST_PAUSE_SECONDS=<n>` it goes on after n seconds. Never set them in production.
 PAUSE_STEPS = ("before_tx", "in_tx", "after_commit")
-_PAUSE_AT = os.environ.get("USAGEBILL_TEST_PAUSE_AT", "")
+_PAUSE_AT, _, _PAUSE_THREAD = os.environ.get("USAGEBILL_TEST_PAUSE_AT", "").partition("@")
 _PAUSE_MARKER = os.environ.get("USAGEBILL_TEST_PAUSE_MARKER", "")
 _PAUSE_SECONDS = float(os.environ.get("USAGEBILL_TEST_PAUSE_SECONDS", "0") or 0)
 
@@ -104,7 +106,7 @@ class IngestResult:
 
 def test_pause(step: str) -> None:
     """Test-only: block at `step` when USAGEBILL_TEST_PAUSE_AT names it (see PAUSE_STEPS)."""
-    if step != _PAUSE_AT:
+    if step != _PAUSE_AT or (_PAUSE_THREAD and threading.current_thread().name != _PAUSE_THREAD):
         return
     if _PAUSE_MARKER:
         with open(_PAUSE_MARKER, "w", encoding="utf-8") as marker:

@@ -512,6 +512,37 @@ def test_sigkill_after_jobs_committed_ahead_then_rerun_counts_once(
     assert [(r["inserted"], r["rejected"]) for r in results] == [(20, 1)] * 3
 
 
+def test_sigkill_during_a_transaction_ahead_then_rerun_counts_once(
+    settings: Settings,
+    rconn: redis.Redis,
+    conn: psycopg.Connection[Any],
+    cli_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    docs, q, jobs = _three_jobs(settings, rconn, conn, "y")
+    # only the thread that commits ahead of rq pauses, inside its transaction and for ever: rq's own run of
+    # the first job commits, then the queued jobs go ahead in a transaction that never ends
+    worker = start_paused(cli_env, "in_tx@usagebill-commit-ahead", tmp_path / "marker", burst=True)
+    open_tx = conn.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
+    ).fetchone()
+    claimed = {str(j) for (j,) in conn.execute("SELECT job_id FROM ingest_jobs")}
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate(timeout=10)
+    assert open_tx == (1,) and jobs[0].id in claimed and len(claimed) < len(jobs)
+    # the transaction ahead died with the worker: only what rq's own runs committed is in
+    assert conn.execute("SELECT count(*) FROM events").fetchone() == (20 * len(claimed),)
+    assert {str(j) for (j,) in conn.execute("SELECT job_id FROM ingest_jobs")} == claimed
+    rerun = run_burst(cli_env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert q.count == 0 and StartedJobRegistry(q.name, connection=rconn).count == 0
+    assert_consistent(conn, docs)
+    parked = conn.execute("SELECT job_id, count(*) FROM rejected_events GROUP BY 1").fetchall()
+    assert dict(parked) == {j.id: 1 for j in jobs}
+    results = [Job.fetch(j.id, connection=rconn, serializer=JSONSerializer).return_value() for j in jobs]
+    assert [(r["inserted"], r["rejected"]) for r in results] == [(20, 1)] * 3
+
+
 def test_claims_older_than_90_days_are_pruned(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
     conn.execute(
         "INSERT INTO ingest_jobs (job_id, committed_at, result) VALUES"
