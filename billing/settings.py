@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         description="Worker look-ahead: validate the next queued batch while the current one runs in Postgres.",
     )
     merge_max_events: int = Field(
-        4000,
+        8000,
         alias="USAGEBILL_MERGE_MAX_EVENTS",
         ge=0,
         le=100_000,

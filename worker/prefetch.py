@@ -333,7 +333,8 @@ class Prefetcher:
             try:
                 # what the next transaction can hold: the next job and the jobs it may carry. Validating
                 # further ahead only competes with the running job for the GIL (2500-event jobs, which
-                # carry nothing within 4000 events, ran ~15% slower when each round prepared two)
+                # carried nothing within the 4000 events transactions then held, ran ~15% slower when
+                # each round prepared two)
                 first = True
                 for job_id in self._next_job_ids(connection, keys, skip):
                     prepared = self._look(connection, job_id, None if first else room)
