@@ -451,7 +451,8 @@ def prune_jobs(conn: psycopg.Connection[Any]) -> int:
 @functools.cache
 def _claim_and_price() -> sql.Composed:
     # one statement: claim the new keys, expand the claimed events and price them into ingest_new
-    return pricing.priced_insert("ingest_stage", "fresh", "ingest_new", queries("ingest")["claim_new"])
+    # (each event's staged position carried along: part_counts reads it)
+    return pricing.priced_insert("ingest_stage", "fresh", "ingest_new", queries("ingest")["claim_new"], carry=("pos",))
 
 
 def _park_all(conn: psycopg.Connection[Any], parked: Sequence[tuple[str | None, Rejection]]) -> None:

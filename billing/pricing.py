@@ -53,17 +53,24 @@ def _statement(block: str, table: str) -> sql.Composed:
     return sql.SQL(blocks["cells"] + "\n" + blocks[block]).format(table=_table(table))
 
 
-def priced_insert(keys: str, source: str, target: str, ctes: str = "") -> sql.Composed:
+def priced_insert(keys: str, source: str, target: str, ctes: str = "", carry: Sequence[str] = ()) -> sql.Composed:
     """The statement that inserts every row of `source` into `target` (both shaped like events) priced.
 
     `keys` is the relation the rates are resolved for (org_id, provider, model, service_tier,
     occurred_at of the batch: `source` itself, or any superset of its keys). `ctes` are more CTEs
     (text, starting with a comma) placed between the resolution and the insert, so that `source` may be
-    one of them: the ingest claims its keys and prices the claimed rows in one statement.
+    one of them: the ingest claims its keys and prices the claimed rows in one statement. `carry` are
+    more columns of `source` copied as they are into `target`'s columns of the same names.
     """
     blocks = queries("pricing")
     text = blocks["cells"] + "\n" + ctes + "\n" + blocks["insert_priced"]
-    return sql.SQL(text).format(table=_table(keys), source=_table(source), target=_table(target))
+    return sql.SQL(text).format(
+        table=_table(keys),
+        source=_table(source),
+        target=_table(target),
+        carry=sql.SQL("").join(sql.SQL(", {}").format(sql.Identifier(c)) for c in carry),
+        t_carry=sql.SQL("").join(sql.SQL(", t.{}").format(sql.Identifier(c)) for c in carry),
+    )
 
 
 def insert_priced(conn: psycopg.Connection[Any], source: str, target: str) -> int:

@@ -30,7 +30,8 @@ DELETE FROM ingest_jobs WHERE committed_at < now() - interval '90 days'
 -- Per-session scratch tables, emptied at every commit. ingest_stage holds the validated events, typed
 -- (the worker writes each field of the validated event, so Postgres parses no jsonb document per event
 -- nor extracts its fields), their hash, and the keys pricing resolves rates for; ingest_new the events
--- actually inserted, priced, shaped like events so that the aggregates take it as it is. The canonical
+-- actually inserted, priced, shaped like events so that the aggregates take it as it is, plus the
+-- position of the staged copy that claimed each one's key (each job's own counts: part_counts). The canonical
 -- JSON is not staged: only a conflict stores it, and the worker has it (insert_conflicts); staged, it
 -- was half of each row's bytes (COPY, and every scan of the staging table).
 -- Made once per session by this process, after dropping any left by another one (a session a pooler
@@ -62,7 +63,7 @@ CREATE TEMP TABLE ingest_stage (
     reasoning_tokens      bigint NOT NULL,
     provider_cost         numeric
 ) ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE ingest_new (LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE ingest_new (LIKE events INCLUDING DEFAULTS, pos integer NOT NULL) ON COMMIT DELETE ROWS;
 
 -- name: copy_stage
 COPY ingest_stage (pos, event_id, occurred_at, payload_hash, extra, org_id, user_id, session_id, request_type,
@@ -78,12 +79,11 @@ SELECT usage_month, billing_month
 -- name: claim_new
 -- More CTEs for pricing's `insert_priced` (billing.pricing.priced_insert; the rates are resolved for
 -- the keys of ingest_stage): the first copy of each event_id in the batch (by position) claims its
--- key; the ones whose key was free become the `fresh` rows, which are priced into ingest_new. Keys
--- are inserted in event_id order (deterministic lock order).
+-- key; the ones whose key was free become the `fresh` rows, which are priced into ingest_new with
+-- their position (carried). Keys are inserted in event_id order (deterministic lock order).
 , firsts AS MATERIALIZED (
-    -- every column but pos
     SELECT DISTINCT ON (event_id)
-           event_id, occurred_at, payload_hash, extra, org_id, user_id, session_id, request_type, provider, model,
+           pos, event_id, occurred_at, payload_hash, extra, org_id, user_id, session_id, request_type, provider, model,
            service_tier, status, estimated, latency_ms, reservation_id, tags, input_tokens, cached_input_tokens,
            cache_write_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens, provider_cost
       FROM ingest_stage
@@ -102,14 +102,30 @@ SELECT usage_month, billing_month
            f.status, f.estimated, f.latency_ms, f.reservation_id, f.tags, f.extra, f.occurred_at,
            now() AS received_at, r.usage_month, r.billing_month,
            f.input_tokens, f.cached_input_tokens, f.cache_write_tokens, f.cache_write_1h_tokens, f.output_tokens,
-           f.reasoning_tokens, f.provider_cost
+           f.reasoning_tokens, f.provider_cost, f.pos
       FROM firsts f
       JOIN claimed c ON c.event_id = f.event_id
       JOIN routes r ON r.usage_month = date_trunc('month', f.occurred_at)::date
 )
 
 -- name: insert_events
-INSERT INTO events SELECT * FROM ingest_new
+-- The columns insert_priced fills (ingest_new also holds each event's staged position).
+INSERT INTO events (
+    event_id, org_id, user_id, session_id, request_type, provider, model, service_tier, status, estimated,
+    latency_ms, reservation_id, tags, extra, occurred_at, received_at, usage_month, billing_month,
+    input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
+    reasoning_tokens, provider_cost,
+    currency, rate_id, adjustment_pct, price_input, price_cached_input, price_cache_write, price_cache_write_1h,
+    price_output, price_reasoning, cost_input, cost_cached_input, cost_cache_write, cost_cache_write_1h,
+    cost_output, cost_reasoning, cost_total, priced_at)
+SELECT event_id, org_id, user_id, session_id, request_type, provider, model, service_tier, status, estimated,
+       latency_ms, reservation_id, tags, extra, occurred_at, received_at, usage_month, billing_month,
+       input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
+       reasoning_tokens, provider_cost,
+       currency, rate_id, adjustment_pct, price_input, price_cached_input, price_cache_write, price_cache_write_1h,
+       price_output, price_reasoning, cost_input, cost_cached_input, cost_cache_write, cost_cache_write_1h,
+       cost_output, cost_reasoning, cost_total, priced_at
+  FROM ingest_new
 
 -- name: upsert_orgs
 -- Any org id seen is a customer (USD unless set otherwise); in org_id order.
@@ -149,14 +165,10 @@ SELECT DISTINCT ON (event_id, conflict_hash) event_id, first_hash, conflict_hash
 -- name: part_counts
 -- Per part of a transaction that carries waiting jobs (1: the job's batch, then each job it carries;
 -- %(bounds)s: the first position of each part): the events it inserted, counted where the first copy of
--- each inserted event_id was staged (the copy that claimed the key), and how many of them are unpriced.
--- Hash joins: the staging tables have no statistics.
-WITH firsts AS MATERIALIZED (
-    SELECT event_id, min(pos) AS pos FROM ingest_stage GROUP BY event_id
-)
-SELECT width_bucket(f.pos, %(bounds)s::int[]) AS part, count(*), count(*) FILTER (WHERE n.rate_id IS NULL)
-  FROM ingest_new n
-  JOIN firsts f ON f.event_id = n.event_id
+-- each inserted event_id was staged (the copy that claimed the key, whose position ingest_new keeps),
+-- and how many of them are unpriced.
+SELECT width_bucket(pos, %(bounds)s::int[]) AS part, count(*), count(*) FILTER (WHERE rate_id IS NULL)
+  FROM ingest_new
  GROUP BY 1
 
 -- name: new_summary

@@ -232,7 +232,8 @@ applied AS MATERIALIZED (
 -- column NULL), the applied unit prices and the exact cost per category. u_* are per-token prices, so a
 -- cost is one exact multiplication; a zero quantity costs 0 without one (most events have no cache
 -- writes or reasoning). The costs are computed once in the inner query (OFFSET 0 keeps the planner from
--- inlining it, which would compute each product twice) and summed outside.
+-- inlining it, which would compute each product twice) and summed outside. The carried columns
+-- (billing.pricing.priced_insert's `carry`; none by default) are copied as they are.
 INSERT INTO {target} (
     event_id, org_id, user_id, session_id, request_type, provider, model, service_tier, status, estimated,
     latency_ms, reservation_id, tags, extra, occurred_at, received_at, usage_month, billing_month,
@@ -240,7 +241,7 @@ INSERT INTO {target} (
     reasoning_tokens, provider_cost,
     currency, rate_id, adjustment_pct, price_input, price_cached_input, price_cache_write, price_cache_write_1h,
     price_output, price_reasoning, cost_input, cost_cached_input, cost_cache_write, cost_cache_write_1h,
-    cost_output, cost_reasoning, cost_total, priced_at)
+    cost_output, cost_reasoning, cost_total, priced_at{carry})
 SELECT event_id, org_id, user_id, session_id, request_type, provider, model, service_tier, status, estimated,
        latency_ms, reservation_id, tags, extra, occurred_at, received_at, usage_month, billing_month,
        input_tokens, cached_input_tokens, cache_write_tokens, cache_write_1h_tokens, output_tokens,
@@ -248,7 +249,7 @@ SELECT event_id, org_id, user_id, session_id, request_type, provider, model, ser
        currency, rate_id, adjustment_pct, p_input, p_cached_input, p_cache_write, p_cache_write_1h,
        p_output, p_reasoning, c_input, c_cached_input, c_cache_write, c_cache_write_1h, c_output, c_reasoning,
        c_input + c_cached_input + c_cache_write + c_cache_write_1h + c_output + c_reasoning,
-       CASE WHEN rate_id IS NOT NULL THEN now() END
+       CASE WHEN rate_id IS NOT NULL THEN now() END{carry}
 FROM (
     SELECT t.event_id, t.org_id, t.user_id, t.session_id, t.request_type, t.provider, t.model, t.service_tier,
            t.status, t.estimated, t.latency_ms, t.reservation_id, t.tags, t.extra, t.occurred_at, t.received_at,
@@ -265,7 +266,7 @@ FROM (
                 ELSE t.cache_write_1h_tokens * a.u_cache_write_1h END AS c_cache_write_1h,
            (t.output_tokens - t.reasoning_tokens) * a.u_output AS c_output,
            CASE WHEN a.rate_id IS NULL THEN NULL WHEN t.reasoning_tokens = 0 THEN 0
-                ELSE t.reasoning_tokens * a.u_reasoning END AS c_reasoning
+                ELSE t.reasoning_tokens * a.u_reasoning END AS c_reasoning{t_carry}
     FROM {source} AS t
     LEFT JOIN applied AS a
       ON a.scope = CASE WHEN t.org_id = ANY (ARRAY(SELECT org_id FROM orgs_in WHERE special)) THEN t.org_id

@@ -11,6 +11,7 @@ import psycopg
 from billing.db import connect
 from billing.ingest import ingest_batch
 from billing.settings import Settings
+from billing.sqlfiles import queries
 from producer.event import UsageEvent
 from tests.integration.ingest_util import event, text
 
@@ -77,3 +78,15 @@ def test_conflict_payload_is_the_canonical_event(settings: Settings, conn: psyco
     ev = UsageEvent.model_validate_json(text(second))
     assert payload == json.loads(ev.canonical()) and conflict_hash == ev.payload_hash()
     assert conn.execute("SELECT user_id FROM events").fetchall() == [("a\tb",)]
+
+
+def test_the_ingest_writes_every_column_of_events(conn: psycopg.Connection[Any]) -> None:
+    # insert_events names its columns (ingest_new also holds each event's staged position): a column
+    # added to events and left out there would stay at its default for every ingested event
+    statement = queries("ingest")["insert_events"]
+    start = statement.index("INSERT INTO events (") + len("INSERT INTO events (")
+    columns = {c.strip() for c in statement[start : statement.index(")", start)].split(",")}
+    rows = conn.execute(
+        "SELECT attname FROM pg_attribute WHERE attrelid = 'events'::regclass AND attnum > 0 AND NOT attisdropped"
+    ).fetchall()
+    assert columns == {str(r[0]) for r in rows}
