@@ -135,17 +135,14 @@ INSERT INTO orgs (org_id) SELECT DISTINCT org_id FROM ingest_new ORDER BY org_id
 -- Every staged copy whose canonical hash differs from the first accepted copy's (in this batch or an
 -- earlier one): a conflict, kept for operators (insert_conflicts, with the payload the worker has), never
 -- counted. Returns each one's position (the worker counts them per part of the transaction).
--- Only copies that did not claim their key are looked up: a copy whose event_id this batch inserted,
--- and the only copy of it in the batch, is the first copy itself (most of a batch). The LATERAL ...
--- LIMIT 1 keeps this an index lookup per looked-up copy: a plain join may be planned as a hash join
--- that reads the whole of event_keys (the staging table has no statistics).
-WITH repeated AS MATERIALIZED (
-    SELECT event_id FROM ingest_stage GROUP BY event_id HAVING count(*) > 1
-), looked_up AS MATERIALIZED (
+-- Only the copies that did not claim their key are looked up: the copy that did (most of a batch) is the
+-- first copy itself, and ingest_new keeps its position. The LATERAL ... LIMIT 1 keeps this an index
+-- lookup per looked-up copy: a plain join may be planned as a hash join that reads the whole of
+-- event_keys (the staging table has no statistics).
+WITH looked_up AS MATERIALIZED (
     SELECT s.pos, s.event_id, s.payload_hash
       FROM ingest_stage s
-     WHERE NOT EXISTS (SELECT 1 FROM ingest_new n WHERE n.event_id = s.event_id)
-        OR s.event_id IN (SELECT event_id FROM repeated)
+     WHERE NOT EXISTS (SELECT 1 FROM ingest_new n WHERE n.pos = s.pos)
 )
 SELECT s.pos, s.event_id, k.payload_hash AS first_hash, s.payload_hash AS conflict_hash
   FROM looked_up s
