@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from types import EllipsisType
 from typing import Any
 
 import psycopg
@@ -297,8 +298,9 @@ def record_alerts(conn: psycopg.Connection[Any], org_months: list[tuple[str, dat
     )
 
 
-def _take_tx_read(org_months: list[tuple[str, date]]) -> _TxRead | None:
-    """The read record_alerts made for this very list (once; None when another batch's, or none)."""
+def take_tx_read(org_months: list[tuple[str, date]]) -> _TxRead | None:
+    """The read record_alerts made in this thread for this very list (once; None when another batch's, or
+    none): for a refresh that runs in another thread (`refresh_mirror(..., tx_read=...)`)."""
     read: _TxRead | None = getattr(_tx_reads, "last", None)
     _tx_reads.last = None
     return read if read is not None and read.org_months is org_months else None
@@ -309,13 +311,16 @@ def refresh_mirror(
     redis_client: Redis,
     org_months: list[tuple[str, date]],
     reservation_ids: Iterable[str] = (),
+    tx_read: _TxRead | EllipsisType | None = ...,
 ) -> None:
     """After commit: write the absolute totals of these (org, month) pairs to the mirror, settle the
     reservations whose events are now counted, and hand new alerts to the delivery queue.
 
     The totals are those `record_alerts` read in the batch's own transaction (under its per-(org, month)
     lock, stamped with that snapshot: a refresh that comes late cannot move the mirror back) when
-    `org_months` is the list that transaction was given; otherwise they are read again now.
+    `org_months` is the list that transaction was given; otherwise they are read again now. A refresh in
+    the thread that ran the transaction finds that read itself; one in another thread is given it
+    (`tx_read`, what `take_tx_read` returned in the transaction's thread; None: read them again).
 
     Reservations settled: `reservation_ids` if given, plus every active reservation of these orgs (this
     month and the one before) whose event is in the events table, so a reservation left by a worker
@@ -333,7 +338,8 @@ def refresh_mirror(
     """
     if not org_months:
         return
-    tx_read = _take_tx_read(org_months)
+    if tx_read is ...:
+        tx_read = take_tx_read(org_months)
     try:
         counted = _refresh(conn, redis_client, org_months, reservation_ids, tx_read)
         settle(redis_client, counted)

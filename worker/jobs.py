@@ -157,7 +157,11 @@ def commit_ahead(
     result = _ingest_once(res, prepared.events, lead_id, prepared, riders)
     out = {lead_id: _result(result)}
     out.update({rider: {**_result(counts), "merged_into": lead_id} for rider, counts in result.merged.items()})
-    return out, functools.partial(_refresh_mirror, res, result.org_months, result.reservation_ids)
+    # the refresh runs in another thread (the next transaction does not wait for it): it is handed what the
+    # transaction read for it, which this thread holds
+    take = ingest.quota_hook("take_tx_read")
+    tx_read = take(result.org_months) if take is not None and result.org_months else None
+    return out, functools.partial(_refresh_mirror, res, result.org_months, result.reservation_ids, tx_read=tx_read)
 
 
 def _ingest_once(
@@ -230,8 +234,9 @@ def _park(res: proc.Resources, events: list[str], reason: str, job_id: str | Non
     return dict(result)
 
 
-def _refresh_mirror(res: proc.Resources, org_months: list[Any], reservation_ids: list[str]) -> None:
+def _refresh_mirror(res: proc.Resources, org_months: list[Any], reservation_ids: list[str], **handed: Any) -> None:
     # After commit: the quota mirror is rebuilt from Postgres, so a failure here never fails the job.
+    # `handed`: tx_read, when the refresh runs in another thread than the transaction (commit_ahead).
     if not org_months:
         return
     hook = ingest.quota_hook("refresh_mirror")
@@ -239,6 +244,6 @@ def _refresh_mirror(res: proc.Resources, org_months: list[Any], reservation_ids:
         return
     try:
         with res.pool.connection() as conn:
-            hook(conn, res.redis, org_months, reservation_ids)
+            hook(conn, res.redis, org_months, reservation_ids, **handed)
     except Exception as exc:  # logged: the mirror is rebuilt from Postgres later
         log.warning("quota mirror refresh failed (the job still succeeded): %s", first_line(exc))

@@ -47,6 +47,7 @@ import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -136,6 +137,9 @@ class Prefetcher:
         self._passed: set[str] = set()  # jobs that stopped waiting for their transaction ahead (ran themselves)
         self._stopping = False
         self._committer: threading.Thread | None = None
+        # what follows each transaction ahead (the quota mirror's refresh), in order, off the committer's path
+        self._afters: ThreadPoolExecutor | None = None
+        self._last_after: Future[None] | None = None
         self._default_interval = sys.getswitchinterval()
         self.active = False
         #: jobs that found their batch prepared, and jobs that did not (validated in the job)
@@ -201,6 +205,7 @@ class Prefetcher:
             self._commit = commit
             self._stopping = False
             if self._committer is None:
+                self._afters = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usagebill-after-commit")
                 self._committer = threading.Thread(target=self._run_ahead, name="usagebill-commit-ahead", daemon=True)
                 self._committer.start()
 
@@ -220,6 +225,18 @@ class Prefetcher:
             if timeout is None:
                 return not self._flight
             return self._cond.wait_for(lambda: not self._flight, timeout=timeout)
+
+    def drain_after(self, timeout: float) -> bool:
+        """Wait at most `timeout` for what follows the transactions committed ahead (the quota mirror's
+        refreshes, run in order on a thread of their own); returns whether all of it ran."""
+        last = self._last_after
+        if last is None:
+            return True
+        try:
+            last.result(timeout=timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def payload(self, job_id: str, packed: bytes) -> tuple[bytes, list[Any]] | None:
         """The decompressed and decoded payload of `job_id` when the look-ahead read these very (compressed)
@@ -401,10 +418,9 @@ class Prefetcher:
                 self._flight.clear()
                 self._go = not self._stopping  # the next ones, if prepared (a chain of transactions)
                 self._cond.notify_all()
-            try:
-                after()
-            except Exception:  # the quota mirror is rebuilt from Postgres later
-                log.warning("after committing ahead", exc_info=True)
+            # the mirror's refresh (~2-4 ms) on its own thread: the next transaction starts meanwhile
+            if self._afters is not None:
+                self._last_after = self._afters.submit(_after, after)
 
     def _pick(self, heads: Sequence[str]) -> list[tuple[str, _Ahead]]:
         # Under the lock: the jobs of the next transaction ahead, moved to _flight: the first job at the
@@ -503,6 +519,13 @@ class Prefetcher:
         if len(events) > self._max_events or size > self._max_bytes:
             return None  # the job splits it without validating
         return packed, plain, decoded, size
+
+
+def _after(after: Callable[[], None]) -> None:
+    try:
+        after()
+    except Exception:  # the quota mirror is rebuilt from Postgres later
+        log.warning("after committing ahead", exc_info=True)
 
 
 def _trim(entries: dict[str, _V], keep: int, events: Callable[[_V], int]) -> None:

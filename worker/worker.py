@@ -101,6 +101,8 @@ def close() -> None:
             "a transaction committing ahead is still open at exit: it commits whole or not at all, and its"
             " jobs stay queued (a later run of each finds its claim if it committed)"
         )
+    if _prefetcher is not None and not _prefetcher.drain_after(timeout=CLOSE_WAIT_SECONDS):
+        log.warning("a quota mirror refresh is still running at exit (the mirror is rebuilt from Postgres)")
     if _resources is not None:
         _resources.pool.close()
         _resources.redis.close()

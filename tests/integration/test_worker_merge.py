@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +19,12 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from billing import ingest
+from billing import ingest, quotas
 from billing.db import connect
 from billing.errors import AlreadyCommitted
 from billing.settings import Settings
 from producer import jobspec
+from producer.quota import QuotaClient
 from tests.integration.ingest_util import (
     add_rate,
     assert_consistent,
@@ -478,6 +480,41 @@ def test_a_failed_transaction_ahead_leaves_its_jobs_to_run_alone(
     rows = conn.execute("SELECT event_id, reason FROM rejected_events").fetchall()
     assert len(rows) == 1 and rows[0][0] == "bad" and "test_poison" in rows[0][1]
     assert FailedJobRegistry(q.name, connection=res.redis).count == 0
+
+
+def test_the_mirror_refresh_after_a_transaction_ahead_writes_what_that_transaction_read(
+    res: proc.Resources, conn: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_rate(conn)
+    quotas.set_quota(conn, org_id="org-m", kind="tokens", limit=Decimal(10**9), redis_client=res.redis)
+    assert quotas.rebuild_mirror(conn, res.redis)
+    now = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    docs = [event(f"m{i}", org_id="org-m", occurred_at=now) for i in range(30)]
+    q = ingest_queue(res)
+    jobs = [enqueue_batch(q, [text(d) for d in docs[i : i + 10]]) for i in range(0, 30, 10)]
+    # the refresh runs on a thread of its own: it must write the totals the transaction read (handed over
+    # from the committing thread), never read them again
+    reads: list[str] = []
+    real_read = quotas._read_totals
+
+    def read_totals(*args: Any, **kwargs: Any) -> Any:
+        reads.append(threading.current_thread().name)
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(quotas, "_read_totals", read_totals)
+    prefetcher = _ahead_of(res, q, jobs, merge_events=1000)
+    try:
+        q.remove(jobs[0].id)  # rq's own: the other two commit ahead, in one transaction
+        assert prefetcher.merged_into(jobs[0].id, res.redis.hget(Job.key_for(jobs[0].id), "data")) is None
+        prefetcher.go_ahead()
+        _wait(lambda: prefetcher.committed_ahead == 2, "the jobs were not committed ahead")
+        assert prefetcher.drain_after(timeout=10)
+    finally:
+        assert prefetcher.stop_ahead(timeout=10)
+        prefetcher.activate(False)
+    assert reads == []
+    assert QuotaClient(res.redis).check("org-m").remaining_tokens == 10**9 - 20 * 1200
+    assert quotas.mirror_drift(conn, res.redis) == []
 
 
 def test_sigkill_after_jobs_committed_ahead_then_rerun_counts_once(
