@@ -199,8 +199,9 @@ def _in_time(
 
 def _checked(events: Sequence[Any], rejected: list[Rejection]) -> Iterator[Row]:
     # validation and canonical form of each event, without the clock's check (see validated)
-    validate = _Incoming.model_validate_json
-    # the serializer itself (what model_dump_json wraps): the same bytes, without the wrapper's cost
+    # the validator and the serializer themselves (what model_validate_json and model_dump_json wrap, with
+    # their defaults): the same results, without the wrappers' cost (~0.5 us per event for the validator)
+    validate = _Incoming.__pydantic_validator__.validate_json
     serialize = _Incoming.__pydantic_serializer__.to_json
     for pos, item in enumerate(events):
         text = _as_text(item)
@@ -208,7 +209,7 @@ def _checked(events: Sequence[Any], rejected: list[Rejection]) -> Iterator[Row]:
             rejected.append(_reject(pos, item, "event is not a JSON text"))
             continue
         try:
-            event = validate(text)
+            event: _Incoming = validate(text)
         except ValidationError as exc:
             rejected.append(_reject(pos, text, _reason(exc)))
             continue
