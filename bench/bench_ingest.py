@@ -89,8 +89,10 @@ def publisher(redis_url: str, batch: int) -> Iterator[Publisher]:
 
 
 #: seconds between two looks at the registries while jobs run: the bench shares the machine's two cores with
-#: the pipeline it measures, so it looks rarely (until 23 Nov 04:10 it looked every 2 ms, ~3% of the CPU
-#: of a run); the end of a run is not when it looks but when the last job ended (rq's ended_at)
+#: the pipeline it measures, so it looks rarely (until 23 Nov 04:10 it looked every 2 ms, ~28% of the bench
+#: process's CPU in a run); the end of a run is not when it looks but when the last job ended (rq's ended_at,
+#: set once the job returned, i.e. after its commit, and a few ms before rq has saved its result: a run
+#: lasts seconds)
 POLL_SECONDS = 0.05
 
 

@@ -47,7 +47,6 @@ import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -137,9 +136,11 @@ class Prefetcher:
         self._passed: set[str] = set()  # jobs that stopped waiting for their transaction ahead (ran themselves)
         self._stopping = False
         self._committer: threading.Thread | None = None
-        # what follows each transaction ahead (the quota mirror's refresh), in order, off the committer's path
-        self._afters: ThreadPoolExecutor | None = None
-        self._last_after: Future[None] | None = None
+        # what follows each transaction ahead (the quota mirror's refresh): run in order by a thread of its own
+        # (`_run_afters`), off the committer's path; queued under the lock, as the transaction's jobs are handed out
+        self._afters: list[Callable[[], None]] = []
+        self._after_running = False
+        self._after_thread: threading.Thread | None = None
         self._default_interval = sys.getswitchinterval()
         self.active = False
         #: jobs that found their batch prepared, and jobs that did not (validated in the job)
@@ -205,7 +206,11 @@ class Prefetcher:
             self._commit = commit
             self._stopping = False
             if self._committer is None:
-                self._afters = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usagebill-after-commit")
+                # daemon threads: exit waits for them only as long as `worker.close` does (at most 30 s each)
+                self._after_thread = threading.Thread(
+                    target=self._run_afters, name="usagebill-after-commit", daemon=True
+                )
+                self._after_thread.start()
                 self._committer = threading.Thread(target=self._run_ahead, name="usagebill-commit-ahead", daemon=True)
                 self._committer.start()
 
@@ -227,16 +232,10 @@ class Prefetcher:
             return self._cond.wait_for(lambda: not self._flight, timeout=timeout)
 
     def drain_after(self, timeout: float) -> bool:
-        """Wait at most `timeout` for what follows the transactions committed ahead (the quota mirror's
+        """Wait at most `timeout` for what follows the transactions committed ahead so far (the quota mirror's
         refreshes, run in order on a thread of their own); returns whether all of it ran."""
-        last = self._last_after
-        if last is None:
-            return True
-        try:
-            last.result(timeout=timeout)
-        except TimeoutError:
-            return False
-        return True
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._afters and not self._after_running, timeout=timeout)
 
     def payload(self, job_id: str, packed: bytes) -> tuple[bytes, list[Any]] | None:
         """The decompressed and decoded payload of `job_id` when the look-ahead read these very (compressed)
@@ -416,11 +415,26 @@ class Prefetcher:
                         self.committed_ahead += 1
                 self._passed.difference_update(self._flight)
                 self._flight.clear()
+                # the mirror's refresh (~2-4 ms) on its own thread: the next transaction starts meanwhile.
+                # Queued before the flight is seen cleared: whoever waits for it then waits for this too
+                self._afters.append(after)
                 self._go = not self._stopping  # the next ones, if prepared (a chain of transactions)
                 self._cond.notify_all()
-            # the mirror's refresh (~2-4 ms) on its own thread: the next transaction starts meanwhile
-            if self._afters is not None:
-                self._last_after = self._afters.submit(_after, after)
+
+    def _run_afters(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._afters))
+                after = self._afters.pop(0)
+                self._after_running = True
+            try:
+                after()
+            except Exception:  # the quota mirror is rebuilt from Postgres later
+                log.warning("after committing ahead", exc_info=True)
+            finally:
+                with self._cond:
+                    self._after_running = False
+                    self._cond.notify_all()
 
     def _pick(self, heads: Sequence[str]) -> list[tuple[str, _Ahead]]:
         # Under the lock: the jobs of the next transaction ahead, moved to _flight: the first job at the
@@ -519,13 +533,6 @@ class Prefetcher:
         if len(events) > self._max_events or size > self._max_bytes:
             return None  # the job splits it without validating
         return packed, plain, decoded, size
-
-
-def _after(after: Callable[[], None]) -> None:
-    try:
-        after()
-    except Exception:  # the quota mirror is rebuilt from Postgres later
-        log.warning("after committing ahead", exc_info=True)
 
 
 def _trim(entries: dict[str, _V], keep: int, events: Callable[[_V], int]) -> None:
