@@ -94,3 +94,15 @@ def test_cli_migrate_twice_and_refusal(empty_db: str, cli_env: dict[str, str]) -
     assert third.returncode == 1
     assert third.stderr.count("\n") == 1 and "0001_foundation.sql" in third.stderr
     assert "Traceback" not in third.stderr
+
+
+def test_the_aggregates_updated_in_place_leave_room_on_their_pages(conn: psycopg.Connection[Any]) -> None:
+    # 0012: room for HOT updates of the lines every ingest transaction updates
+    rows = conn.execute(
+        "SELECT relname, reloptions FROM pg_class WHERE relname IN ('invoice_usage', 'usage_org_month', 'usage_daily')"
+    ).fetchall()
+    assert dict(rows) == {
+        "invoice_usage": ["fillfactor=50"],
+        "usage_org_month": ["fillfactor=50"],
+        "usage_daily": None,
+    }
