@@ -289,6 +289,10 @@ def record_alerts(conn: psycopg.Connection[Any], org_months: list[tuple[str, dat
     org_ids, months = _pairs(org_months)
     params = {"org_ids": org_ids, "months": months}
     locked = {(str(o), m) for o, m, _ in conn.execute(query("quotas", "lock_org_months"), params)}
+    if not locked:
+        # none of these orgs has a quota: nothing to cross, and the mirror keeps the locked pairs' totals only
+        _tx_reads.last = _TxRead(org_months=org_months, rows=[], fired=0)
+        return
     # a new statement, so a new snapshot: it sees what transactions that held the locks before committed
     rows = conn.execute(query("quotas", "record_alerts"), params).fetchall()
     _tx_reads.last = _TxRead(
