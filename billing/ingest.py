@@ -327,11 +327,13 @@ def _transaction(
                 )
                 inserted[0] = cur.rowcount
                 if inserted[0]:
-                    cur.execute(query("ingest", "upsert_orgs"))
+                    rows_by_month = cur.execute(query("ingest", "new_summary")).fetchall()
+                    summary = [(str(o), m, int(n)) for o, m, n, _ in rows_by_month]
+                    reservations = sorted({str(r) for *_, settled in rows_by_month for r in settled or ()})
+                    # orgs before events and aggregates: the lock order every ingest takes
+                    cur.execute(query("ingest", "upsert_orgs"), {"org_ids": sorted({o for o, _, _ in summary})})
                     cur.execute(query("ingest", "insert_events"))
                     aggregates.add(conn, "ingest_new")
-                    summary = [(str(o), m, int(n)) for o, m, n in cur.execute(query("ingest", "new_summary"))]
-                    reservations = [str(r) for (r,) in cur.execute(query("ingest", "new_reservations"))]
                     unpriced[0] = sum(n for _, _, n in summary)
                     if riders:
                         # each job's own counts: the part of the first copy of each inserted event

@@ -128,8 +128,11 @@ SELECT event_id, org_id, user_id, session_id, request_type, provider, model, ser
   FROM ingest_new
 
 -- name: upsert_orgs
--- Any org id seen is a customer (USD unless set otherwise); in org_id order.
-INSERT INTO orgs (org_id) SELECT DISTINCT org_id FROM ingest_new ORDER BY org_id ON CONFLICT (org_id) DO NOTHING
+-- Any org id seen is a customer (USD unless set otherwise); in org_id order. The batch's org ids are
+-- new_summary's (read before: no other pass over ingest_new).
+INSERT INTO orgs (org_id)
+SELECT o FROM unnest(%(org_ids)s::text[]) AS o ORDER BY o
+    ON CONFLICT (org_id) DO NOTHING
 
 -- name: conflicting
 -- Every staged copy whose canonical hash differs from the first accepted copy's (in this batch or an
@@ -169,8 +172,11 @@ SELECT width_bucket(pos, %(bounds)s::int[]) AS part, count(*), count(*) FILTER (
  GROUP BY 1
 
 -- name: new_summary
--- Per (org, usage month) of the inserted events: what quota hooks need, and the unpriced count.
-SELECT org_id, usage_month, count(*) FILTER (WHERE rate_id IS NULL) AS unpriced
+-- Per (org, usage month) of the inserted events: what quota hooks need, the unpriced count, and the
+-- quota reservations the events settle (handed to the post-commit mirror refresh). One pass over
+-- ingest_new gives upsert_orgs its org ids too.
+SELECT org_id, usage_month, count(*) FILTER (WHERE rate_id IS NULL) AS unpriced,
+       array_agg(DISTINCT reservation_id) FILTER (WHERE reservation_id IS NOT NULL) AS reservations
   FROM ingest_new
  GROUP BY org_id, usage_month
  ORDER BY org_id, usage_month
@@ -181,7 +187,3 @@ INSERT INTO rejected_events (event_id, org_id, reason, raw, job_id)
 SELECT event_id, org_id, reason, raw, job_id
   FROM unnest(%(event_ids)s::text[], %(org_ids)s::text[], %(reasons)s::text[], %(raws)s::text[], %(job_ids)s::text[])
        AS r (event_id, org_id, reason, raw, job_id)
-
--- name: new_reservations
--- The quota reservations that the inserted events settle (handed to the post-commit mirror refresh).
-SELECT DISTINCT reservation_id FROM ingest_new WHERE reservation_id IS NOT NULL ORDER BY 1

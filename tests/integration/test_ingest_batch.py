@@ -189,3 +189,22 @@ def test_a_session_with_staging_tables_of_an_older_shape_gets_them_made_again(
         result = ingest_batch(c, [text(event("s1")), text(event("s2"))], settings=settings)
         assert (result.inserted, result.rejected) == (2, 0)
     assert_consistent(conn, [event("s1"), event("s2")])
+
+
+def test_the_result_names_each_org_month_and_the_reservations_its_inserted_events_settle(
+    settings: Settings, conn: psycopg.Connection[Any]
+) -> None:
+    sept, octo = "2026-09-30T23:59:00+00:00", "2026-10-01T00:00:00+00:00"
+    first = _ingest(settings, [event("r0", org_id="o-b", reservation_id="res-0")])
+    docs = [
+        event("r1", org_id="o-b", reservation_id="res-2", occurred_at=octo),
+        event("r2", org_id="o-a", reservation_id="res-1", occurred_at=sept),
+        event("r3", org_id="o-a", reservation_id="res-1", occurred_at=octo),
+        event("r4", org_id="o-a", occurred_at=octo),
+        event("r0", org_id="o-b", reservation_id="res-0"),  # a duplicate: settles nothing again
+    ]
+    res = _ingest(settings, docs)
+    assert first.reservation_ids == ["res-0"]
+    assert res.reservation_ids == ["res-1", "res-2"]
+    assert res.org_months == [("o-a", date(2026, 9, 1)), ("o-a", date(2026, 10, 1)), ("o-b", date(2026, 10, 1))]
+    assert conn.execute("SELECT org_id FROM orgs ORDER BY 1").fetchall() == [("o-a",), ("o-b",)]
