@@ -173,10 +173,11 @@ SELECT width_bucket(pos, %(bounds)s::int[]) AS part, count(*), count(*) FILTER (
 
 -- name: new_summary
 -- Per (org, usage month) of the inserted events: what quota hooks need, the unpriced count, and the
--- quota reservations the events settle (handed to the post-commit mirror refresh). One pass over
--- ingest_new gives upsert_orgs its org ids too.
+-- quota reservations the events settle (handed to the post-commit mirror refresh; without DISTINCT, which
+-- would sort the rows: the worker takes each once). One pass over ingest_new gives upsert_orgs its org
+-- ids too.
 SELECT org_id, usage_month, count(*) FILTER (WHERE rate_id IS NULL) AS unpriced,
-       array_agg(DISTINCT reservation_id) FILTER (WHERE reservation_id IS NOT NULL) AS reservations
+       array_agg(reservation_id) FILTER (WHERE reservation_id IS NOT NULL) AS reservations
   FROM ingest_new
  GROUP BY org_id, usage_month
  ORDER BY org_id, usage_month
