@@ -130,15 +130,16 @@ def parse(events: Sequence[Any], *, now: datetime, future_tolerance: timedelta) 
 @dataclass(frozen=True)
 class Prepared:
     """A batch validated ahead of its transaction (the worker's look-ahead, worker/prefetch.py): its COPY
-    rows, all their lines as one block, the latest occurred_at, and the rejections, for exactly `events`.
-    The future check is not applied yet: it depends on the server clock when the batch runs
-    (`ingest_batch` applies it)."""
+    rows, all their lines as one block, the latest occurred_at, the rejections, and the usage months of
+    its rows (`_month_of`), for exactly `events`. The future check is not applied yet: it depends on the
+    server clock when the batch runs (`ingest_batch` applies it)."""
 
     events: Sequence[Any]
     rows: list[Row]
     block: str
     latest: datetime | None
     rejected: list[Rejection]
+    months: frozenset[date] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,8 @@ def prepare(events: Sequence[Any]) -> Prepared:
     rejected: list[Rejection] = []
     rows = list(_checked(events, rejected))
     latest = max((r[1] for r in rows), default=None)
-    return Prepared(events, rows, "".join(r[2] for r in rows), latest, rejected)
+    months = frozenset(_months(rows))
+    return Prepared(events, rows, "".join(r[2] for r in rows), latest, rejected, months)
 
 
 def validated(
@@ -306,21 +308,26 @@ def _transaction(
             block = ""
             # the job's valid rows, kept for the canonical JSON of any conflicting copy (not staged)
             own: list[Row] = []
+            # the usage months of the staged rows, for routing (the worker's: no pass over the stage for them)
+            months: set[date] = set()
             if prepared is None:
                 rows = _keeping(validated(events, now=now, future_tolerance=tolerance, rejected=rejected), own)
             elif prepared.latest is None or prepared.latest <= now + tolerance:
                 # every prepared row is in time: its block goes as it is
                 rows, block, staged[0] = (), prepared.block, len(prepared.rows)
+                months.update(prepared.months)
             else:
                 rows = _in_time(prepared.rows, events, now=now, future_tolerance=tolerance, rejected=rejected)
             with cur.copy(query("ingest", "copy_stage")) as copy:
                 if block:
                     copy.write(block)
-                staged[0] += _copy_lines(copy, (row[2] for row in rows))
+                staged[0] += _copy_lines(copy, (row[2] for row in _noting(rows, months)))
                 for i, (rider, its) in enumerate(zip(riders, rider_rejected, strict=True), start=1):
-                    staged[i] = _copy_rider(copy, rider.prepared, bounds[i], now=now, tolerance=tolerance, rejected=its)
+                    staged[i] = _copy_rider(
+                        copy, rider.prepared, bounds[i], now=now, tolerance=tolerance, rejected=its, months=months
+                    )
             if any(staged):
-                routes = cur.execute(query("ingest", "route_months")).fetchall()
+                routes = cur.execute(query("ingest", "route_months"), {"months": sorted(months)}).fetchall()
                 cur.execute(
                     _claim_and_price(),
                     {"usage_months": [r[0] for r in routes], "billing_months": [r[1] for r in routes]},
@@ -388,6 +395,23 @@ def _transaction(
         reservation_ids=reservations,
         merged={rider.job_id: c for rider, c in zip(riders, counts[1:], strict=True)},
     )
+
+
+def _month_of(at: datetime) -> date:
+    # the usage month of an occurred_at (UTC: validation converts every timestamp to it)
+    return date(at.year, at.month, 1)
+
+
+def _months(rows: Iterable[Row]) -> set[date]:
+    # the usage months of `rows`: their distinct (year, month) pairs first, one date each
+    return {date(year, month, 1) for year, month in {(row[1].year, row[1].month) for row in rows}}
+
+
+def _noting(rows: Iterable[Row], months: set[date]) -> Iterator[Row]:
+    # the rows as they come, the usage month of each added to `months`
+    for row in rows:
+        months.add(_month_of(row[1]))
+        yield row
 
 
 def _keeping(rows: Iterable[Row], kept: list[Row]) -> Iterator[Row]:
@@ -480,13 +504,17 @@ def _copy_rider(
     now: datetime,
     tolerance: timedelta,
     rejected: list[Rejection],
+    months: set[date],
 ) -> int:
     """COPY a rider's rows after what is staged, its positions moved past `offset` (a copy of an event_id
     that comes first in the queue keeps coming first: the first copy by position claims the key); the
-    clock's check as for the job's own batch. Returns how many rows were staged."""
+    clock's check as for the job's own batch; the usage months of the rows staged added to `months`.
+    Returns how many rows were staged."""
     rows: Iterable[Row] = prepared.rows
     if prepared.latest is not None and prepared.latest > now + tolerance:
-        rows = _in_time(rows, prepared.events, now=now, future_tolerance=tolerance, rejected=rejected)
+        rows = _noting(_in_time(rows, prepared.events, now=now, future_tolerance=tolerance, rejected=rejected), months)
+    else:
+        months.update(prepared.months)
     # each line starts with its position: the rider's own, from 0. Validated already, the rider goes as one
     # block (psycopg sends it in a few large chunks), not COPY_CHUNK lines at a time
     lines = [f"{pos + offset}{line[len(str(pos)) :]}" for pos, _, line, _ in rows]

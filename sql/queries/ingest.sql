@@ -72,9 +72,9 @@ COPY ingest_stage (pos, event_id, occurred_at, payload_hash, extra, org_id, user
                    reasoning_tokens, provider_cost) FROM STDIN
 
 -- name: route_months
--- Every usage month of the batch, routed to its billing month (and its row locked FOR SHARE).
-SELECT usage_month, billing_month
-  FROM route_billing_months(ARRAY(SELECT DISTINCT date_trunc('month', occurred_at)::date FROM ingest_stage))
+-- Every usage month of the batch (the worker's, from the rows it staged: no pass over the stage), routed
+-- to its billing month (and its row locked FOR SHARE).
+SELECT usage_month, billing_month FROM route_billing_months(%(months)s::date[])
 
 -- name: claim_new
 -- More CTEs for pricing's `insert_priced` (billing.pricing.priced_insert; the rates are resolved for
@@ -105,7 +105,9 @@ SELECT usage_month, billing_month
            f.reasoning_tokens, f.provider_cost, f.pos
       FROM firsts f
       JOIN claimed c ON c.event_id = f.event_id
-      JOIN routes r ON r.usage_month = date_trunc('month', f.occurred_at)::date
+      -- a left join: an event whose month the worker did not route would have no usage or billing month,
+      -- and the insert into ingest_new fails on its NOT NULL columns instead of leaving the event out
+      LEFT JOIN routes r ON r.usage_month = date_trunc('month', f.occurred_at AT TIME ZONE 'UTC')::date
 )
 
 -- name: insert_events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -10,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from billing import aggregates
+from billing import aggregates, ingest
 from billing.db import connect
 from billing.ingest import ingest_batch
 from billing.settings import Settings
@@ -208,3 +209,29 @@ def test_the_result_names_each_org_month_and_the_reservations_its_inserted_event
     assert res.reservation_ids == ["res-1", "res-2"]
     assert res.org_months == [("o-a", date(2026, 9, 1)), ("o-a", date(2026, 10, 1)), ("o-b", date(2026, 10, 1))]
     assert conn.execute("SELECT org_id FROM orgs ORDER BY 1").fetchall() == [("o-a",), ("o-b",)]
+
+
+def test_a_month_the_worker_did_not_route_fails_the_batch_instead_of_dropping_its_events(
+    settings: Settings, conn: psycopg.Connection[Any]
+) -> None:
+    # the worker routes the usage months of the rows it stages; an event of a month left out must not vanish
+    docs = [
+        event("m1", occurred_at="2026-09-15T00:00:00+00:00"),
+        event("m2", occurred_at="2026-10-01T01:00:00+02:00"),  # 30 Sep 23:00 UTC: September
+        event("m3", occurred_at="2026-10-15T00:00:00+00:00"),
+    ]
+    batch = [text(d) for d in docs]
+    prepared = ingest.prepare(batch)
+    assert prepared.months == {date(2026, 9, 1), date(2026, 10, 1)}
+    wrong = dataclasses.replace(prepared, months=frozenset({date(2026, 10, 1)}))
+    with connect(settings) as c, pytest.raises(psycopg.errors.NotNullViolation):
+        ingest_batch(c, batch, settings=settings, prepared=wrong)
+    assert conn.execute("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_keys)").fetchone() == (0, 0)
+    with connect(settings) as c:
+        c.execute("SET TimeZone = 'Pacific/Kiritimati'")  # UTC+14: the months are UTC's whatever the session's
+        res = ingest_batch(c, batch, settings=settings, prepared=prepared)
+    assert res.inserted == 3
+    months = conn.execute("SELECT event_id, usage_month, billing_month FROM events ORDER BY 1").fetchall()
+    sept, octo = date(2026, 9, 1), date(2026, 10, 1)
+    assert months == [("m1", sept, sept), ("m2", sept, sept), ("m3", octo, octo)]
+    assert_consistent(conn, docs)
