@@ -328,10 +328,16 @@ def _transaction(
                     )
             if any(staged):
                 routes = cur.execute(query("ingest", "route_months"), {"months": sorted(months)}).fetchall()
-                cur.execute(
-                    _claim_and_price(),
-                    {"usage_months": [r[0] for r in routes], "billing_months": [r[1] for r in routes]},
-                )
+                try:
+                    cur.execute(
+                        _claim_and_price(),
+                        {"usage_months": [r[0] for r in routes], "billing_months": [r[1] for r in routes]},
+                    )
+                except psycopg.errors.NotNullViolation as exc:
+                    # every staged field that must not be null was validated: a NULL here is an event whose
+                    # month was not routed, a fault of ours, never the data's (a RuntimeError: the job is
+                    # retried and kept, never split into parked events)
+                    raise RuntimeError(f"a staged event's usage month was not routed: {exc}") from exc
                 inserted[0] = cur.rowcount
                 if inserted[0]:
                     rows_by_month = cur.execute(query("ingest", "new_summary")).fetchall()

@@ -224,7 +224,7 @@ def test_a_month_the_worker_did_not_route_fails_the_batch_instead_of_dropping_it
     prepared = ingest.prepare(batch)
     assert prepared.months == {date(2026, 9, 1), date(2026, 10, 1)}
     wrong = dataclasses.replace(prepared, months=frozenset({date(2026, 10, 1)}))
-    with connect(settings) as c, pytest.raises(psycopg.errors.NotNullViolation):
+    with connect(settings) as c, pytest.raises(RuntimeError, match="usage month was not routed"):
         ingest_batch(c, batch, settings=settings, prepared=wrong)
     assert conn.execute("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_keys)").fetchone() == (0, 0)
     with connect(settings) as c:

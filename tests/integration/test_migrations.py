@@ -99,10 +99,6 @@ def test_cli_migrate_twice_and_refusal(empty_db: str, cli_env: dict[str, str]) -
 def test_the_aggregates_updated_in_place_leave_room_on_their_pages(conn: psycopg.Connection[Any]) -> None:
     # 0012: room for HOT updates of the lines every ingest transaction updates
     rows = conn.execute(
-        "SELECT relname, reloptions FROM pg_class WHERE relname IN ('invoice_usage', 'usage_org_month', 'usage_daily')"
+        "SELECT relname, reloptions FROM pg_class WHERE relname IN ('invoice_usage', 'usage_org_month')"
     ).fetchall()
-    assert dict(rows) == {
-        "invoice_usage": ["fillfactor=50"],
-        "usage_org_month": ["fillfactor=50"],
-        "usage_daily": None,
-    }
+    assert dict(rows) == {"invoice_usage": ["fillfactor=50"], "usage_org_month": ["fillfactor=50"]}

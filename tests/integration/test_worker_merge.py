@@ -6,7 +6,7 @@ import logging
 import signal
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -114,6 +114,36 @@ def test_a_transaction_carrying_jobs_stores_and_counts_what_they_would_alone(
     by_job = {t: sorted((j.split("-")[1], r) for j, r in rejected if j.startswith(t)) for t in ("alone", "merged")}
     assert by_job["merged"] == by_job["alone"] and [j for j, _ in by_job["merged"]] == ["0", "1", "2"]
     assert any("ahead of the server clock" in r for _, r in by_job["merged"])
+
+
+def test_each_carried_job_routes_the_months_of_the_rows_it_stages(
+    settings: Settings, conn: psycopg.Connection[Any]
+) -> None:
+    # the worker routes the usage months of the rows it stages, job by job: a rider of another month, one
+    # with an event too far ahead of the clock (its rows go through the clock's check, its month is not
+    # routed), and the lead of a third month
+    aug, sep, octo = (f"2026-{m}-15T12:00:00+00:00" for m in ("08", "09", "10"))
+    lead = [text(event("mo-a", occurred_at=aug))]
+    plain = [text(event("mo-b", occurred_at=sep))]
+    checked = [text(event("mo-c", occurred_at=octo)), text(event("mo-late", occurred_at=LATE))]
+    with connect(settings) as c:
+        res = ingest.ingest_batch(
+            c,
+            lead,
+            settings=settings,
+            job_id="mo-0",
+            prepared=ingest.prepare(lead),
+            riders=[ingest.Rider("mo-1", ingest.prepare(plain)), ingest.Rider("mo-2", ingest.prepare(checked))],
+        )
+    assert [_counts(r) for r in (res, *res.merged.values())] == [
+        (1, 1, 0, 0, 0, 1),
+        (1, 1, 0, 0, 0, 1),
+        (2, 1, 0, 0, 1, 1),
+    ]
+    stored = conn.execute("SELECT event_id, usage_month, billing_month FROM events ORDER BY 1").fetchall()
+    months = [date(2026, m, 1) for m in (8, 9, 10)]
+    assert stored == [(f"mo-{x}", m, m) for x, m in zip("abc", months, strict=True)]
+    assert [r[0] for r in conn.execute("SELECT month FROM billing_months ORDER BY 1")] == months
 
 
 def test_each_conflict_keeps_its_own_payload_when_dropped_rows_come_before_it(
