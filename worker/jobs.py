@@ -234,9 +234,10 @@ def _park(res: proc.Resources, events: list[str], reason: str, job_id: str | Non
     return dict(result)
 
 
-def _refresh_mirror(res: proc.Resources, org_months: list[Any], reservation_ids: list[str], **handed: Any) -> None:
+def _refresh_mirror(res: proc.Resources, org_months: list[Any], reservation_ids: list[str], tx_read: Any = ...) -> None:
     # After commit: the quota mirror is rebuilt from Postgres, so a failure here never fails the job.
-    # `handed`: tx_read, when the refresh runs in another thread than the transaction (commit_ahead).
+    # `tx_read`: what the transaction read for it, when the refresh runs in another thread than the
+    # transaction (commit_ahead); `...`: the refresh takes it in this thread (quotas.refresh_mirror's default).
     if not org_months:
         return
     hook = ingest.quota_hook("refresh_mirror")
@@ -244,6 +245,6 @@ def _refresh_mirror(res: proc.Resources, org_months: list[Any], reservation_ids:
         return
     try:
         with res.pool.connection() as conn:
-            hook(conn, res.redis, org_months, reservation_ids, **handed)
+            hook(conn, res.redis, org_months, reservation_ids, tx_read=tx_read)
     except Exception as exc:  # logged: the mirror is rebuilt from Postgres later
         log.warning("quota mirror refresh failed (the job still succeeded): %s", first_line(exc))

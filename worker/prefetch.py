@@ -137,10 +137,9 @@ class Prefetcher:
         self._stopping = False
         self._committer: threading.Thread | None = None
         # what follows each transaction ahead (the quota mirror's refresh): run in order by a thread of its own
-        # (`_run_afters`), off the committer's path; queued under the lock, as the transaction's jobs are handed out
+        # (`_run_afters`), off the committer's path; queued under the lock, as the transaction's jobs are handed
+        # out, and taken off the queue once it has run
         self._afters: list[Callable[[], None]] = []
-        self._after_running = False
-        self._after_thread: threading.Thread | None = None
         self._default_interval = sys.getswitchinterval()
         self.active = False
         #: jobs that found their batch prepared, and jobs that did not (validated in the job)
@@ -207,10 +206,7 @@ class Prefetcher:
             self._stopping = False
             if self._committer is None:
                 # daemon threads: exit waits for them only as long as `worker.close` does (at most 30 s each)
-                self._after_thread = threading.Thread(
-                    target=self._run_afters, name="usagebill-after-commit", daemon=True
-                )
-                self._after_thread.start()
+                threading.Thread(target=self._run_afters, name="usagebill-after-commit", daemon=True).start()
                 self._committer = threading.Thread(target=self._run_ahead, name="usagebill-commit-ahead", daemon=True)
                 self._committer.start()
 
@@ -235,7 +231,7 @@ class Prefetcher:
         """Wait at most `timeout` for what follows the transactions committed ahead so far (the quota mirror's
         refreshes, run in order on a thread of their own); returns whether all of it ran."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._afters and not self._after_running, timeout=timeout)
+            return self._cond.wait_for(lambda: not self._afters, timeout=timeout)
 
     def payload(self, job_id: str, packed: bytes) -> tuple[bytes, list[Any]] | None:
         """The decompressed and decoded payload of `job_id` when the look-ahead read these very (compressed)
@@ -425,15 +421,14 @@ class Prefetcher:
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: bool(self._afters))
-                after = self._afters.pop(0)
-                self._after_running = True
+                after = self._afters[0]
             try:
                 after()
             except Exception:  # the quota mirror is rebuilt from Postgres later
                 log.warning("after committing ahead", exc_info=True)
             finally:
                 with self._cond:
-                    self._after_running = False
+                    self._afters.pop(0)
                     self._cond.notify_all()
 
     def _pick(self, heads: Sequence[str]) -> list[tuple[str, _Ahead]]:
