@@ -409,8 +409,7 @@ def _month_of(at: datetime) -> date:
 
 
 def _months(rows: Iterable[Row]) -> set[date]:
-    # the usage months of `rows`: their distinct (year, month) pairs first, one date each
-    return {date(year, month, 1) for year, month in {(row[1].year, row[1].month) for row in rows}}
+    return {_month_of(row[1]) for row in rows}
 
 
 def _noting(rows: Iterable[Row], months: set[date]) -> Iterator[Row]:
