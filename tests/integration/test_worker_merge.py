@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -379,6 +380,28 @@ def _three_jobs(
     return docs, q, [enqueue_batch(q, [text(d) for d in docs[i : i + 20]] + ["not json"]) for i in range(0, 60, 20)]
 
 
+def _rerun_counts_each_once(
+    cli_env: dict[str, str],
+    rconn: redis.Redis,
+    conn: psycopg.Connection[Any],
+    docs: list[dict[str, Any]],
+    q: Queue,
+    jobs: list[Job],
+) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
+    """After a killed worker (`_three_jobs`): a burst worker drains the queue; every event counted once,
+    each job's rejection parked once under its own id, and each job reporting its own counts. Returns the
+    burst run and each job's result."""
+    rerun = run_burst(cli_env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert q.count == 0 and StartedJobRegistry(q.name, connection=rconn).count == 0
+    assert_consistent(conn, docs)
+    parked = conn.execute("SELECT job_id, count(*) FROM rejected_events GROUP BY 1").fetchall()
+    assert dict(parked) == {j.id: 1 for j in jobs}
+    results = [Job.fetch(j.id, connection=rconn, serializer=JSONSerializer).return_value() for j in jobs]
+    assert [(r["inserted"], r["rejected"]) for r in results] == [(20, 1)] * 3
+    return rerun, results
+
+
 @pytest.mark.parametrize("step", ["in_tx", "after_commit"])
 def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
     step: str,
@@ -417,15 +440,7 @@ def test_sigkill_during_a_transaction_carrying_jobs_then_rerun_counts_once(
         assert carrying == (0,) and committed == (60,)  # committed, its jobs not finished yet
     assert q.job_ids == [jobs[2].id]  # the carried job was still queued: nothing is lost
     assert StartedJobRegistry(q.name, connection=rconn).count == 1
-    rerun = run_burst(cli_env)
-    assert rerun.returncode == 0, rerun.stderr
-    assert q.count == 0 and StartedJobRegistry(q.name, connection=rconn).count == 0
-    assert_consistent(conn, docs)
-    # each job's rejection parked once, under its own id; each job reports its own counts
-    parked = conn.execute("SELECT job_id, count(*) FROM rejected_events GROUP BY 1").fetchall()
-    assert dict(parked) == {j.id: 1 for j in jobs}
-    results = [Job.fetch(j.id, connection=rconn, serializer=JSONSerializer).return_value() for j in jobs]
-    assert [(r["inserted"], r["rejected"]) for r in results] == [(20, 1)] * 3
+    _, results = _rerun_counts_each_once(cli_env, rconn, conn, docs, q, jobs)
     if step == "after_commit":
         # the carried job and its carrier ran again: they found their stored results
         assert results[1]["already_committed"] and results[1]["merged"] == [jobs[2].id]
@@ -566,17 +581,10 @@ def test_sigkill_after_jobs_committed_ahead_then_rerun_counts_once(
     assert q.job_ids == [j.id for j in jobs[1:]]  # committed, still queued
     worker.send_signal(signal.SIGKILL)
     worker.communicate(timeout=10)
-    rerun = run_burst(cli_env)
-    assert rerun.returncode == 0, rerun.stderr
+    rerun, results = _rerun_counts_each_once(cli_env, rconn, conn, docs, q, jobs)
     assert "re-queued 1 abandoned" in rerun.stderr
-    assert q.count == 0 and StartedJobRegistry(q.name, connection=rconn).count == 0
-    assert_consistent(conn, docs)
-    parked = conn.execute("SELECT job_id, count(*) FROM rejected_events GROUP BY 1").fetchall()
-    assert dict(parked) == {j.id: 1 for j in jobs}
     # every job ran again and found what the transaction that committed it stored: nothing twice
-    results = [Job.fetch(j.id, connection=rconn, serializer=JSONSerializer).return_value() for j in jobs]
     assert all(r["already_committed"] for r in results)
-    assert [(r["inserted"], r["rejected"]) for r in results] == [(20, 1)] * 3
 
 
 def test_sigkill_during_a_transaction_ahead_then_rerun_counts_once(
@@ -603,14 +611,7 @@ def test_sigkill_during_a_transaction_ahead_then_rerun_counts_once(
     # the transaction ahead died with the worker: only what rq's own runs committed is in
     assert conn.execute("SELECT count(*) FROM events").fetchone() == (20 * len(claimed),)
     assert {str(j) for (j,) in conn.execute("SELECT job_id FROM ingest_jobs")} == claimed
-    rerun = run_burst(cli_env)
-    assert rerun.returncode == 0, rerun.stderr
-    assert q.count == 0 and StartedJobRegistry(q.name, connection=rconn).count == 0
-    assert_consistent(conn, docs)
-    parked = conn.execute("SELECT job_id, count(*) FROM rejected_events GROUP BY 1").fetchall()
-    assert dict(parked) == {j.id: 1 for j in jobs}
-    results = [Job.fetch(j.id, connection=rconn, serializer=JSONSerializer).return_value() for j in jobs]
-    assert [(r["inserted"], r["rejected"]) for r in results] == [(20, 1)] * 3
+    _rerun_counts_each_once(cli_env, rconn, conn, docs, q, jobs)
 
 
 def test_claims_older_than_90_days_are_pruned(res: proc.Resources, conn: psycopg.Connection[Any]) -> None:
