@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -46,6 +47,8 @@ logger = logging.getLogger("usagebill.producer")
 Mode = Literal["direct", "buffered"]
 #: jobs per MULTI/EXEC when several batches leave at once
 _JOBS_PER_ROUND_TRIP = 8
+#: a text as a JSON string (quoted, escaped): what json.dumps returns for a str, without its dispatch
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
 
 
 class PublisherConfig(BaseSettings):
@@ -299,20 +302,22 @@ class Publisher:
         return conn
 
     def _batches(self, texts: Sequence[str]) -> list[list[str]]:
+        return list(self._iter_batches(texts))
+
+    def _iter_batches(self, texts: Sequence[str]) -> Iterator[list[str]]:
+        # a batch at a time: the first jobs are in Redis (and taken by the workers) while the rest is cut
         size, max_bytes = self.config.batch_size, self.config.batch_max_bytes
-        batches: list[list[str]] = []
         current: list[str] = []
         current_bytes = 0
         for text in texts:
-            n = len(json.dumps(text)) + 2  # as the job's JSON carries it: quoted, escaped, plus ", "
+            n = len(_json_string(text)) + 2  # as the job's JSON carries it: quoted, escaped, plus ", "
             if current and (len(current) >= size or current_bytes + n > max_bytes):
-                batches.append(current)
+                yield current
                 current, current_bytes = [], 0
             current.append(text)
             current_bytes += n
         if current:
-            batches.append(current)
-        return batches
+            yield current
 
     def enqueue(self, texts: Sequence[str]) -> None:
         """Enqueue the events as jobs of bounded batches, a few jobs per MULTI/EXEC. Raises on failure."""
@@ -324,11 +329,11 @@ class Publisher:
         if not texts:
             return
         _, queue = self._connection(patient)
-        batches = self._batches(texts)
+        batches = self._iter_batches(texts)
         done = 0
-        # a few jobs per round trip keeps each transaction (and the socket timeout it must meet) small
-        for start in range(0, len(batches), _JOBS_PER_ROUND_TRIP):
-            group = batches[start : start + _JOBS_PER_ROUND_TRIP]
+        # a few jobs per round trip keeps each transaction (and the socket timeout it must meet) small; each
+        # group is cut from `texts` as it goes (cutting 100k events first held the first job back ~0.2 s)
+        while group := list(itertools.islice(batches, _JOBS_PER_ROUND_TRIP)):
             pipe = queue.connection.pipeline()  # MULTI/EXEC: a group is enqueued whole or not at all
             queue.enqueue_many(
                 [

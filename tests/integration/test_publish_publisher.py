@@ -131,6 +131,31 @@ def test_batches_are_bounded_by_bytes(make_publisher, rconn: redis.Redis) -> Non
     ]
 
 
+def test_enqueue_sends_the_first_jobs_before_cutting_the_rest(make_publisher, rconn: redis.Redis) -> None:
+    # a large array goes a group of jobs at a time: the first group is in Redis (where workers take it)
+    # before the texts after it are even read
+    pub = make_publisher(mode="direct", batch_size=2)
+    texts = [event(i).model_dump_json() for i in range(40)]
+    read = 0
+    queued_when_read: dict[int, int] = {}
+
+    def reading() -> Iterator[str]:
+        nonlocal read
+        for text in texts:
+            queued_when_read[read] = len(queued_jobs(rconn))
+            read += 1
+            yield text
+
+    steps = pub._enqueue_steps(reading(), patient=True)  # type: ignore[arg-type]
+    first = publisher_module._JOBS_PER_ROUND_TRIP * 2
+    assert next(steps) == first
+    assert read == first + 1  # the text that opened the next job, no further
+    assert len(queued_jobs(rconn)) == publisher_module._JOBS_PER_ROUND_TRIP
+    assert list(steps) == [2 * first, len(texts)]
+    assert queued_when_read[first + 1] == publisher_module._JOBS_PER_ROUND_TRIP
+    assert queued_event_ids(rconn) == [json.loads(t)["event_id"] for t in texts]
+
+
 def test_full_buffer_drops_are_counted_and_reported(
     make_publisher, rconn: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -28,6 +29,34 @@ def test_batches_respect_count_and_bytes_and_keep_order() -> None:
     assert [t for b in batches for t in b] == texts
     assert all(len(b) <= 3 for b in batches)
     assert all(sum(len(json.dumps(t)) + 2 for t in b) <= 2000 for b in batches)
+    pub.close()
+
+
+def test_batches_are_cut_as_they_are_sent() -> None:
+    # the first job leaves before the rest of a large array is cut (cutting 100k events took ~0.2 s)
+    pub = _publisher(batch_size=3)
+    read: list[int] = []
+
+    def texts() -> Iterator[str]:
+        for i in range(10):
+            read.append(i)
+            yield json.dumps({"event_id": f"e{i}", "note": 'quote " backslash \\ \u00e9 \n'})
+
+    batches = pub._iter_batches(cast(Sequence[str], texts()))
+    assert next(batches) == [
+        json.dumps({"event_id": f"e{i}", "note": 'quote " backslash \\ \u00e9 \n'}) for i in range(3)
+    ]
+    assert read == [0, 1, 2, 3]  # the fourth text starts the next batch, nothing further was read
+    pub.close()
+
+
+def test_a_batch_counts_each_text_as_its_json_string() -> None:
+    # what the job's JSON carries: the text quoted and escaped (non-ASCII as \u escapes), plus ", "
+    text = json.dumps({"event_id": "e", "note": '\u00e9\U0001f600 " \\ \x01'}, ensure_ascii=False)
+    n = len(json.dumps(text)) + 2
+    assert n > len(text) + 2
+    pub = _publisher(batch_size=100, batch_max_bytes=2 * n)
+    assert pub._batches([text] * 5) == [[text] * 2, [text] * 2, [text]]
     pub.close()
 
 
