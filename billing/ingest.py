@@ -339,24 +339,34 @@ def _transaction(
                     # retried and kept, never split into parked events)
                     raise RuntimeError(f"a staged event's usage month was not routed: {exc}") from exc
                 inserted[0] = cur.rowcount
+                # a staged copy can only conflict when its key was already taken (by an earlier batch or an
+                # earlier copy in this one): a batch of only new keys skips the lookups
+                look_up = inserted[0] < sum(staged)
                 if inserted[0]:
                     rows_by_month = cur.execute(query("ingest", "new_summary")).fetchall()
                     summary = [(str(o), m, int(n)) for o, m, n, _ in rows_by_month]
                     reservations = sorted({str(r) for *_, settled in rows_by_month for r in settled or ()})
-                    # orgs before events and aggregates: the lock order every ingest takes
-                    cur.execute(query("ingest", "upsert_orgs"), {"org_ids": sorted({o for o, _, _ in summary})})
-                    cur.execute(query("ingest", "insert_events"))
-                    aggregates.add(conn, "ingest_new")
                     unpriced[0] = sum(n for _, _, n in summary)
-                    if riders:
+                with conn.cursor() as by_part, conn.cursor() as lookups:
+                    # one round trip (psycopg's pipeline mode): the server runs these in order, back to back,
+                    # instead of waiting for this thread (which shares the GIL with the look-ahead) between
+                    # them; what the worker reads comes back at the end, an error at the end of the block
+                    with conn.pipeline():
+                        if inserted[0]:
+                            # orgs before events and aggregates: the lock order every ingest takes
+                            cur.execute(query("ingest", "upsert_orgs"), {"org_ids": sorted({o for o, _, _ in summary})})
+                            cur.execute(query("ingest", "insert_events"))
+                            aggregates.add(conn, "ingest_new")
+                            if riders:
+                                by_part.execute(query("ingest", "part_counts"), {"bounds": bounds})
+                        if look_up:
+                            lookups.execute(query("ingest", "conflicting"))
+                    if inserted[0] and riders:
                         # each job's own counts: the part of the first copy of each inserted event
                         inserted[0] = unpriced[0] = 0
-                        for part, n, u in cur.execute(query("ingest", "part_counts"), {"bounds": bounds}):
+                        for part, n, u in by_part.fetchall():
                             inserted[part - 1], unpriced[part - 1] = int(n), int(u)
-                if sum(inserted) < sum(staged):
-                    # a staged copy can only conflict when its key was already taken (by an earlier
-                    # batch or an earlier copy in this one): a batch of only new keys skips the lookups
-                    found = cur.execute(query("ingest", "conflicting")).fetchall()
+                    found = lookups.fetchall() if look_up else []
                     if found:
                         parts = [(0, prepared.rows if prepared is not None else own)]
                         parts += [(bounds[i], r.prepared.rows) for i, r in enumerate(riders, start=1)]
@@ -369,13 +379,7 @@ def _transaction(
             its_rejected.sort(key=lambda r: r.pos)
         parked = [(job_id, r) for r in rejected]
         parked += [(rider.job_id, r) for rider, its in zip(riders, rider_rejected, strict=True) for r in its]
-        if parked:
-            _park_all(conn, parked)
         org_months = [(o, m) for o, m, _ in summary]
-        if org_months:
-            hook = quota_hook("record_alerts")
-            if hook is not None:
-                hook(conn, org_months)
         counts = [
             IngestResult(
                 received=received[i],
@@ -387,13 +391,21 @@ def _transaction(
             )
             for i in range(len(staged))
         ]
-        if job_id is not None:
-            ids = [job_id, *(r.job_id for r in riders)]
-            stored = [
-                {**counts[0].counts(), "merged": ids[1:]},
-                *({**c.counts(), "merged_into": job_id} for c in counts[1:]),
-            ]
-            _store_results(conn, ids, stored)
+        # the last statements in one round trip too: the alerts hook reads last (its first read flushes them all)
+        with conn.pipeline():
+            if parked:
+                _park_all(conn, parked)
+            if job_id is not None:
+                ids = [job_id, *(r.job_id for r in riders)]
+                stored = [
+                    {**counts[0].counts(), "merged": ids[1:]},
+                    *({**c.counts(), "merged_into": job_id} for c in counts[1:]),
+                ]
+                _store_results(conn, ids, stored)
+            if org_months:
+                hook = quota_hook("record_alerts")
+                if hook is not None:
+                    hook(conn, org_months)
         test_pause("in_tx")
     return dataclasses.replace(
         counts[0],

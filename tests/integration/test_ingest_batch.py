@@ -235,3 +235,31 @@ def test_a_month_the_worker_did_not_route_fails_the_batch_instead_of_dropping_it
     sept, octo = date(2026, 9, 1), date(2026, 10, 1)
     assert months == [("m1", sept, sept), ("m2", sept, sept), ("m3", octo, octo)]
     assert_consistent(conn, docs)
+
+
+@pytest.mark.parametrize(
+    ("table", "operation"),
+    [("usage_daily", "INSERT"), ("ingest_jobs", "UPDATE")],  # in the statements sent after the claim, and the last
+)
+def test_a_statement_failing_in_a_round_trip_of_several_fails_the_batch_whole_with_its_own_error(
+    settings: Settings, conn: psycopg.Connection[Any], table: str, operation: str
+) -> None:
+    # the statements sent together (psycopg's pipeline mode) fail as one would alone: the database's own
+    # error (what the worker's retry and split decide on), and nothing of the batch behind
+    conn.execute(
+        "CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = 'serialization_failure'; END $$"
+    )
+    conn.execute(f"CREATE TRIGGER fail_once BEFORE {operation} ON {table} FOR EACH ROW EXECUTE FUNCTION fail_once()")
+    conn.commit()
+    add_rate(conn)
+    docs = [event(f"p{i}") for i in range(5)]
+    with pytest.raises(psycopg.errors.SerializationFailure, match="injected"):
+        _ingest(settings, docs + docs[:1], job_id="job-p")
+    left = "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_keys), (SELECT count(*) FROM ingest_jobs)"
+    assert conn.execute(left).fetchone() == (0, 0, 0)
+    conn.execute(f"DROP TRIGGER fail_once ON {table}")
+    conn.commit()
+    res = _ingest(settings, docs + docs[:1], job_id="job-p")
+    assert (res.inserted, res.duplicates) == (5, 1)
+    assert_consistent(conn, docs)

@@ -598,11 +598,12 @@ def test_sigkill_during_a_transaction_ahead_then_rerun_counts_once(
     # only the thread that commits ahead of rq pauses, inside its transaction and for ever: rq's own run of
     # the first job commits, then the queued jobs go ahead in a transaction that never ends
     worker = start_paused(cli_env, "in_tx@usagebill-commit-ahead", tmp_path / "marker", burst=True)
-    # the paused transaction: its last statement stored its jobs' results (the pause is right after it)
+    # the paused transaction: its last statement was the alerts hook's lock, sent after its jobs' results
+    # (the pause is right after it)
     open_tx = conn.execute(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state = 'idle in transaction'"
         " AND query LIKE %s",
-        ("%What each job of the transaction did%",),
+        ("%Serialize threshold checks per (org, month)%",),
     ).fetchone()
     claimed = {str(j) for (j,) in conn.execute("SELECT job_id FROM ingest_jobs")}
     worker.send_signal(signal.SIGKILL)
