@@ -328,22 +328,26 @@ def _transaction(
                     )
             if any(staged):
                 routes = cur.execute(query("ingest", "route_months"), {"months": sorted(months)}).fetchall()
-                try:
-                    cur.execute(
-                        _claim_and_price(),
-                        {"usage_months": [r[0] for r in routes], "billing_months": [r[1] for r in routes]},
-                    )
-                except psycopg.errors.NotNullViolation as exc:
-                    # every staged field that must not be null was validated: a NULL here is an event whose
-                    # month was not routed, a fault of ours, never the data's (a RuntimeError: the job is
-                    # retried and kept, never split into parked events)
-                    raise RuntimeError(f"a staged event's usage month was not routed: {exc}") from exc
-                inserted[0] = cur.rowcount
+                with conn.cursor() as news:
+                    try:
+                        # the claim and the summary of what it inserted, in one round trip (pipeline mode)
+                        with conn.pipeline():
+                            cur.execute(
+                                _claim_and_price(),
+                                {"usage_months": [r[0] for r in routes], "billing_months": [r[1] for r in routes]},
+                            )
+                            news.execute(query("ingest", "new_summary"))
+                    except psycopg.errors.NotNullViolation as exc:
+                        # every staged field that must not be null was validated: a NULL here is an event whose
+                        # month was not routed, a fault of ours, never the data's (a RuntimeError: the job is
+                        # retried and kept, never split into parked events)
+                        raise RuntimeError(f"a staged event's usage month was not routed: {exc}") from exc
+                    inserted[0] = cur.rowcount
+                    rows_by_month = news.fetchall()
                 # a staged copy can only conflict when its key was already taken (by an earlier batch or an
                 # earlier copy in this one): a batch of only new keys skips the lookups
                 look_up = inserted[0] < sum(staged)
                 if inserted[0]:
-                    rows_by_month = cur.execute(query("ingest", "new_summary")).fetchall()
                     summary = [(str(o), m, int(n)) for o, m, n, _ in rows_by_month]
                     reservations = sorted({str(r) for *_, settled in rows_by_month for r in settled or ()})
                     unpriced[0] = sum(n for _, _, n in summary)
