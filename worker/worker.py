@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -21,7 +22,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.serializers import JSONSerializer
 
 from billing import ingest, migrate, quotas
-from billing.db import make_pool
+from billing.db import first_line, make_pool
 from billing.errors import ConfigError, RedisUnavailable
 from billing.settings import Settings, redact
 from producer import jobspec
@@ -66,13 +67,23 @@ def setup(settings: Settings) -> Resources:
     client = redis_client(settings)
     for warning in redis_warnings(client):
         log.warning(warning)
-    pool = make_pool(settings, min_size=1)
+    # the connections a worker ingests on: its own, and the one committing ahead of rq (worker/prefetch.py)
+    ingesting = min(2 if settings.prefetch and settings.commit_ahead else 1, settings.db_pool_size)
+    pool = make_pool(settings, min_size=ingesting)
     try:
         with pool.connection() as conn:
             migrate.require_current(conn)
     except Exception:
         pool.close()
         raise
+    # made ready now rather than by the first batches (a job arriving at an idle worker waits less); an
+    # optimisation only: a failure here is the jobs' to meet, with their retries
+    try:
+        with contextlib.ExitStack() as held:
+            for conn in [held.enter_context(pool.connection()) for _ in range(ingesting)]:
+                ingest.warm(conn)
+    except (psycopg.Error, PoolTimeout) as exc:
+        log.warning("warming the ingest connections failed (the first batches do it): %s", first_line(exc))
     # the quota mirror app code checks: rebuilt at start when missing or drifted (one rebuilder, locked)
     try:
         with pool.connection() as conn:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -19,6 +20,7 @@ from rq.job import Job
 from rq.registry import FailedJobRegistry
 from rq.serializers import JSONSerializer
 
+from billing import ingest
 from billing.settings import Settings
 from producer import jobspec
 from tests.integration.ingest_util import add_rate, assert_consistent, event, ingest_queue, text, worker_resources
@@ -252,3 +254,27 @@ def test_an_oversized_event_run_again_is_parked_once(settings: Settings, conn: p
         result = _run_twice(res, "big-one", [text(event("big", tags={"note": "x" * 2000}))])
         assert result["already_committed"] and result["parked"] == 1
         assert conn.execute("SELECT event_id, job_id FROM rejected_events").fetchall() == [("big", "big-one")]
+
+
+@pytest.mark.parametrize(("commit_ahead", "ingesting"), [(True, 2), (False, 1)])
+def test_the_connections_a_worker_ingests_on_are_ready_at_start(
+    settings: Settings, conn: psycopg.Connection[Any], commit_ahead: bool, ingesting: int
+) -> None:
+    # its own and the one committing ahead: staging tables made and the statements run once, on an empty stage
+    with worker_resources(settings, commit_ahead=commit_ahead) as res:
+        with contextlib.ExitStack() as held:
+            conns = [held.enter_context(res.pool.connection()) for _ in range(ingesting)]
+            assert all(c in ingest._staged for c in conns)
+            assert all(c.execute("SELECT to_regclass('pg_temp.ingest_stage')").fetchone() != (None,) for c in conns)
+            for c in conns:
+                c.rollback()
+        assert res.pool.get_stats()["pool_size"] == ingesting
+        # nothing written; the first batch on them counts as any other
+        assert conn.execute(
+            "SELECT (SELECT count(*) FROM event_keys) + (SELECT count(*) FROM usage_daily)"
+        ).fetchone() == (0,)
+        add_rate(conn)
+        docs = [event(f"w{i}") for i in range(3)]
+        with res.pool.connection() as c:
+            assert ingest.ingest_batch(c, [text(d) for d in docs], settings=res.settings).inserted == 3
+        assert_consistent(conn, docs)
