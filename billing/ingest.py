@@ -267,8 +267,9 @@ def ingest_batch(
 
 
 def warm(conn: psycopg.Connection[Any]) -> None:
-    """Make this session's staging tables and run the ingest statements once on them, empty (nothing is
-    written, nothing locked but the catalog): the first batch on a new connection otherwise pays for it,
+    """Make this session's staging tables and run the ingest statements once on them, empty (no row is
+    written; the statements' table locks are held until its commit): the first batch on a new connection
+    otherwise pays for it,
     ~30 ms here (the temp tables, and the catalog caches of every table, index and function it reads).
     A worker warms its connections at start (worker.worker.setup)."""
     with conn.transaction():

@@ -310,7 +310,8 @@ class Publisher:
         current: list[str] = []
         current_bytes = 0
         for text in texts:
-            n = len(_json_string(text)) + 2  # as the job's JSON carries it: quoted, escaped, plus ", "
+            # as the job's JSON carries it: quoted, escaped, plus ", " (an item that is not a str, as before)
+            n = (len(_json_string(text)) if isinstance(text, str) else len(json.dumps(text))) + 2
             if current and (len(current) >= size or current_bytes + n > max_bytes):
                 yield current
                 current, current_bytes = [], 0

@@ -245,21 +245,33 @@ def test_a_statement_failing_in_a_round_trip_of_several_fails_the_batch_whole_wi
     settings: Settings, conn: psycopg.Connection[Any], table: str, operation: str
 ) -> None:
     # the statements sent together (psycopg's pipeline mode) fail as one would alone: the database's own
-    # error (what the worker's retry and split decide on), and nothing of the batch behind
-    conn.execute(
-        "CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS"
-        " $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = 'serialization_failure'; END $$"
-    )
-    conn.execute(f"CREATE TRIGGER fail_once BEFORE {operation} ON {table} FOR EACH ROW EXECUTE FUNCTION fail_once()")
-    conn.commit()
+    # error (what the worker's retry and split decide on), and nothing of the batch behind; the same
+    # connection then ingests on, its statements prepared before the failure (psycopg prepares a statement
+    # at its sixth run) and after
     add_rate(conn)
+    before = [event(f"b{i}") for i in range(12)]
     docs = [event(f"p{i}") for i in range(5)]
-    with pytest.raises(psycopg.errors.SerializationFailure, match="injected"):
-        _ingest(settings, docs + docs[:1], job_id="job-p")
     left = "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM event_keys), (SELECT count(*) FROM ingest_jobs)"
-    assert conn.execute(left).fetchone() == (0, 0, 0)
-    conn.execute(f"DROP TRIGGER fail_once ON {table}")
-    conn.commit()
-    res = _ingest(settings, docs + docs[:1], job_id="job-p")
-    assert (res.inserted, res.duplicates) == (5, 1)
-    assert_consistent(conn, docs)
+    with connect(settings) as worker_conn:
+        for i in range(6):
+            ingest_batch(worker_conn, [text(d) for d in before[2 * i : 2 * i + 2]], settings=settings, job_id=f"b{i}")
+        conn.execute(
+            "CREATE FUNCTION fail_once() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'injected' USING ERRCODE = 'serialization_failure'; END $$"
+        )
+        conn.execute(
+            f"CREATE TRIGGER fail_once BEFORE {operation} ON {table} FOR EACH ROW EXECUTE FUNCTION fail_once()"
+        )
+        conn.commit()
+        batch = [text(d) for d in docs + docs[:1]]
+        with pytest.raises(psycopg.errors.SerializationFailure, match="injected"):
+            ingest_batch(worker_conn, batch, settings=settings, job_id="job-p")
+        assert conn.execute(left).fetchone() == (12, 12, 6)
+        conn.execute(f"DROP TRIGGER fail_once ON {table}")
+        conn.commit()
+        res = ingest_batch(worker_conn, batch, settings=settings, job_id="job-p")
+        assert (res.inserted, res.duplicates) == (5, 1)
+        again = ingest_batch(worker_conn, [text(d) for d in docs], settings=settings, job_id="job-q")
+        assert (again.inserted, again.duplicates) == (0, 5)
+    assert conn.execute(left).fetchone() == (17, 17, 8)
+    assert_consistent(conn, before + docs)

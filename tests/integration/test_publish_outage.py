@@ -238,3 +238,41 @@ def test_spooled_events_are_replayed_when_redis_returns_without_further_publishi
     finally:
         pub.close()
     assert sorted(ids) == [f"ev_pub_{i:06d}" for i in range(10)]
+
+
+@pytest.mark.slow
+def test_redis_gone_between_two_groups_of_jobs_spools_exactly_the_rest(server: RedisServer, tmp_path: Path) -> None:
+    # the publisher cuts jobs as it sends them: Redis stops after the first group of 8 jobs went, while the
+    # second is cut; only what Redis did not take is spooled, and the replay delivers it once
+    pub = Publisher(
+        redis_url=server.url,
+        mode="direct",
+        batch_size=2,
+        breaker_open_seconds=0.2,
+        connect_timeout=0.5,
+        socket_timeout=0.5,
+        spool_dir=str(tmp_path / "spool"),
+        handle_sigterm=False,
+    )
+    first_group = 8 * 2
+
+    class StopsRedis(list[str]):
+        def __iter__(self) -> Iterator[str]:
+            for i, text in enumerate(super().__iter__()):
+                if i == first_group + 1:  # the first group is in Redis: the next text is being cut
+                    server.stop()
+                yield text
+
+    texts = StopsRedis(event(i).model_dump_json() for i in range(40))
+    try:
+        pub._deliver(texts, patient=True)
+        assert (pub.published, pub.spooled) == (first_group, 40 - first_group)
+        server.start()
+        time.sleep(0.25)  # let the breaker's open period pass
+        pub.publish(event(40))  # goes to Redis, and wakes the replay of the spooled 24
+        assert wait_for(lambda: pub.replayed == 40 - first_group)
+        ids = queued_event_ids(server.client())
+    finally:
+        pub.close()
+    assert duplicates(ids) == {}
+    assert sorted(ids) == [f"ev_pub_{i:06d}" for i in range(41)]

@@ -269,10 +269,7 @@ def test_the_connections_a_worker_ingests_on_are_ready_at_start(
             for c in conns:
                 c.rollback()
         assert res.pool.get_stats()["pool_size"] == ingesting
-        # nothing written; the first batch on them counts as any other
-        assert conn.execute(
-            "SELECT (SELECT count(*) FROM event_keys) + (SELECT count(*) FROM usage_daily)"
-        ).fetchone() == (0,)
+        # the first batch on them counts as any other
         add_rate(conn)
         docs = [event(f"w{i}") for i in range(3)]
         with res.pool.connection() as c:

@@ -116,3 +116,13 @@ def test_replay_streams_a_file_in_chunks_and_keeps_it_when_a_chunk_fails(
     assert [len(c) for c in sent] == [2, 2, 1]
     assert (report.files, report.events) == (1, 5)
     assert not path.exists()
+
+
+def test_an_item_that_is_not_a_str_is_cut_as_before() -> None:
+    # the API takes JSON texts; a dict item still goes (the worker parks it with its reason), counted as
+    # json.dumps counts it
+    pub = _publisher(batch_size=10, batch_max_bytes=60)
+    item = {"event_id": "d", "pad": "z" * 20}
+    assert len(json.dumps(item)) + 2 > 30  # so two of them do not fit in 60 bytes
+    assert pub._batches(cast(Sequence[str], [item, item])) == [[item], [item]]
+    pub.close()
