@@ -38,6 +38,31 @@ def wait_for(predicate: object, timeout: float = 15.0) -> bool:
     return False
 
 
+def direct_publisher(server: RedisServer, tmp_path: Path, **overrides: object) -> Publisher:
+    """A direct-mode publisher with short timeouts and breaker, spooling under tmp_path/spool."""
+    options: dict[str, object] = {
+        "redis_url": server.url,
+        "mode": "direct",
+        "breaker_open_seconds": 0.2,
+        "connect_timeout": 0.5,
+        "socket_timeout": 0.5,
+        "spool_dir": str(tmp_path / "spool"),
+        "handle_sigterm": False,
+    }
+    options.update(overrides)
+    return Publisher(**options)  # type: ignore[arg-type]
+
+
+def restart_and_replay(server: RedisServer, pub: Publisher, next_event: int, spooled: int) -> list[str]:
+    """Start Redis again, publish one more event (which wakes the replay), wait for the `spooled` events to be
+    replayed; the event ids then queued."""
+    server.start()
+    time.sleep(0.25)  # let the breaker's open period pass
+    pub.publish(event(next_event))  # goes to Redis, and wakes the replay of the spooled ones
+    assert wait_for(lambda: pub.replayed == spooled)
+    return queued_event_ids(server.client())
+
+
 @pytest.mark.slow
 def test_redis_stopped_mid_run_loses_nothing_and_replays_once(server: RedisServer, tmp_path: Path) -> None:
     spool = tmp_path / "spool"
@@ -97,26 +122,14 @@ def test_redis_stopped_mid_run_loses_nothing_and_replays_once(server: RedisServe
 
 @pytest.mark.slow
 def test_direct_mode_spools_while_redis_is_down_then_replays(server: RedisServer, tmp_path: Path) -> None:
-    pub = Publisher(
-        redis_url=server.url,
-        mode="direct",
-        breaker_open_seconds=0.2,
-        connect_timeout=0.5,
-        socket_timeout=0.5,
-        spool_dir=str(tmp_path / "spool"),
-        handle_sigterm=False,
-    )
+    pub = direct_publisher(server, tmp_path)
     try:
         pub.publish(event(0))
         server.stop()
         for i in range(1, 51):
             pub.publish(event(i))
         assert (pub.published, pub.spooled) == (1, 50)
-        server.start()
-        time.sleep(0.25)  # let the breaker's open period pass
-        pub.publish(event(51))  # goes to Redis, and wakes the replay of the spooled 50
-        assert wait_for(lambda: pub.replayed == 50)
-        ids = queued_event_ids(server.client())
+        ids = restart_and_replay(server, pub, 51, 50)
     finally:
         pub.close()
     assert duplicates(ids) == {}
@@ -216,16 +229,7 @@ def test_spooled_events_are_replayed_when_redis_returns_without_further_publishi
     server: RedisServer, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    pub = Publisher(
-        redis_url=server.url,
-        mode="direct",
-        flush_interval=0.1,
-        breaker_open_seconds=0.2,
-        connect_timeout=0.5,
-        socket_timeout=0.5,
-        spool_dir=str(spool),
-        handle_sigterm=False,
-    )
+    pub = direct_publisher(server, tmp_path, flush_interval=0.1)
     try:
         server.stop()
         for i in range(10):
@@ -244,16 +248,7 @@ def test_spooled_events_are_replayed_when_redis_returns_without_further_publishi
 def test_redis_gone_between_two_groups_of_jobs_spools_exactly_the_rest(server: RedisServer, tmp_path: Path) -> None:
     # the publisher cuts jobs as it sends them: Redis stops after the first group of 8 jobs went, while the
     # second is cut; only what Redis did not take is spooled, and the replay delivers it once
-    pub = Publisher(
-        redis_url=server.url,
-        mode="direct",
-        batch_size=2,
-        breaker_open_seconds=0.2,
-        connect_timeout=0.5,
-        socket_timeout=0.5,
-        spool_dir=str(tmp_path / "spool"),
-        handle_sigterm=False,
-    )
+    pub = direct_publisher(server, tmp_path, batch_size=2)
     first_group = 8 * 2
 
     class StopsRedis(list[str]):
@@ -267,11 +262,7 @@ def test_redis_gone_between_two_groups_of_jobs_spools_exactly_the_rest(server: R
     try:
         pub._deliver(texts, patient=True)
         assert (pub.published, pub.spooled) == (first_group, 40 - first_group)
-        server.start()
-        time.sleep(0.25)  # let the breaker's open period pass
-        pub.publish(event(40))  # goes to Redis, and wakes the replay of the spooled 24
-        assert wait_for(lambda: pub.replayed == 40 - first_group)
-        ids = queued_event_ids(server.client())
+        ids = restart_and_replay(server, pub, 40, 40 - first_group)
     finally:
         pub.close()
     assert duplicates(ids) == {}
