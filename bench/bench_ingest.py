@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import naive_ingest
 import psycopg
@@ -141,6 +141,14 @@ def check_totals(url: str, distinct: int) -> dict[str, Any]:
         return sizes
 
 
+class Run(NamedTuple):
+    """One end-to-end run: its rate, the table sizes after it, and where its CPU went."""
+
+    rate: float  # events/s
+    sizes: dict[str, Any]
+    cpu: dict[str, float]  # us of CPU per published event: the worker processes, their backends, this process
+
+
 def e2e(
     template: str,
     redis_url: str,
@@ -149,7 +157,7 @@ def e2e(
     workers: int,
     batch: int,
     env: dict[str, str] | None = None,
-) -> tuple[float, Any]:
+) -> Run:
     client = redis.Redis.from_url(redis_url)
     client.flushdb()
     with fresh_db(template) as url:
@@ -158,14 +166,36 @@ def e2e(
         try:
             with publisher(redis_url, batch) as pub:
                 jobs = len(pub._batches(texts))  # the jobs it makes of them (by count and bytes), for wait_done
+                # the workers' connections are open (and warmed) once they have registered
+                cpu0 = _cpu_now([p.pid for p in procs], url)
                 started = datetime.now(UTC)  # the wall clock: what the jobs' ended_at is read against
                 pub.enqueue(texts)
             elapsed = (wait_done(client, jobs) - started).total_seconds()
+            cpu1 = _cpu_now([p.pid for p in procs], url)
         finally:
             stop_workers(procs)
         sizes = check_totals(url, distinct)
     client.close()
-    return len(texts) / elapsed, sizes
+    cpu = {part: (cpu1[part] - cpu0[part]) * 1e6 / len(texts) for part in cpu1}
+    return Run(len(texts) / elapsed, sizes, cpu)
+
+
+def _cpu_now(worker_pids: list[int], url: str) -> dict[str, float]:
+    """CPU seconds so far of the worker processes (all their threads), of the Postgres backends connected to
+    the run's database (a backend opened during the run counts from 0 at its end; one closed during it is
+    missed), and of this process (the publisher, and the polling of wait_done)."""
+    with psycopg.connect(url, autocommit=True, options=CONNECT_OPTIONS) as conn:
+        pids = [
+            int(r[0])
+            for r in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchall()
+        ]
+    return {
+        "workers": sum(backend_cpu(pid) for pid in worker_pids),
+        "backends": sum(backend_cpu(pid) for pid in pids),
+        "bench": time.process_time(),
+    }
 
 
 def latency(template: str, redis_url: str, rate: int, seconds: float, batch: int, workers: int = 1) -> list[float]:
@@ -295,7 +325,8 @@ def naive(template: str, redis_url: str, texts: list[str]) -> float:
 
 
 def backend_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of a local Postgres backend, from /proc; NaN when not readable."""
+    """CPU seconds (user + system, all its threads) of a local process (a Postgres backend, a worker), from
+    /proc; NaN when not readable."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as f:
             fields = f.read().rsplit(")", 1)[1].split()
@@ -408,27 +439,28 @@ def main() -> None:
         # The two alternate, a ceiling then a worker run, so that both sample the same spells of the machine (until
         # 23 Nov 09:30 the ceilings ran first, then the worker runs: a spell that changed between them moved the ratio)
         ceilings: list[tuple[float, float]] = []
-        ones: list[tuple[float, Any]] = []
+        ones: list[Run] = []
         for _ in range(RUNS):
             ceilings.append(copy_ceiling(template, texts))
             ones.append(e2e(template, redis_url, texts, distinct, 1, args.batch))
         ceiling, by_row = max(c for c, _ in ceilings), max(r for _, r in ceilings)
-        one, sizes = sorted(ones, key=lambda r: r[0])[RUNS // 2]
+        median = sorted(ones, key=lambda r: r.rate)[RUNS // 2]
+        one, sizes = median.rate, median.sizes
         # the same worker without its look-ahead (validation in the job), then with bigger jobs
-        alone = e2e(template, redis_url, texts, distinct, 1, args.batch, {"USAGEBILL_PREFETCH": "false"})[0]
+        alone = e2e(template, redis_url, texts, distinct, 1, args.batch, {"USAGEBILL_PREFETCH": "false"}).rate
         # with the look-ahead and merging, without committing ahead of rq's bookkeeping
-        behind = e2e(template, redis_url, texts, distinct, 1, args.batch, {"USAGEBILL_COMMIT_AHEAD": "false"})[0]
+        behind = e2e(template, redis_url, texts, distinct, 1, args.batch, {"USAGEBILL_COMMIT_AHEAD": "false"}).rate
         # with the look-ahead but one job per transaction (no merging of waiting jobs)
-        unmerged = e2e(template, redis_url, texts, distinct, 1, args.batch, {"USAGEBILL_MERGE_MAX_EVENTS": "0"})[0]
+        unmerged = e2e(template, redis_url, texts, distinct, 1, args.batch, {"USAGEBILL_MERGE_MAX_EVENTS": "0"}).rate
         # many small jobs (many app processes each flushing a few events): merging on, then off
         small_texts, small_distinct = make_events(args.events * 3 // 10, dup_frac=0.1, orgs=50, users=100, seed=5)
         small = {
-            merge: e2e(template, redis_url, small_texts, small_distinct, 1, 100, {"USAGEBILL_MERGE_MAX_EVENTS": m})[0]
+            merge: e2e(template, redis_url, small_texts, small_distinct, 1, 100, {"USAGEBILL_MERGE_MAX_EVENTS": m}).rate
             for merge, m in (("on", str(Settings.model_fields["merge_max_events"].default)), ("off", "0"))
         }
         big = args.batch * 5 // 2
-        bigjobs = e2e(template, redis_url, texts, distinct, 1, big, {"USAGEBILL_BATCH_SIZE": str(big)})[0]
-        two, _ = e2e(template, redis_url, texts, distinct, 2, args.batch)
+        bigjobs = e2e(template, redis_url, texts, distinct, 1, big, {"USAGEBILL_BATCH_SIZE": str(big)}).rate
+        two = e2e(template, redis_url, texts, distinct, 2, args.batch).rate
         naive_rate = naive(template, redis_url, texts[: args.naive])
         # the goal's rate, then a rate this machine sustains (latency without a growing backlog)
         lats = {
@@ -448,11 +480,18 @@ def main() -> None:
     )
     print(
         f"end to end, 1 worker:                {one:10.0f} events/s   = {one / ceiling:.3f} of the COPY ceiling"
-        " (median of " + ", ".join(f"{r:.0f}" for r, _ in ones) + ")"
+        " (median of " + ", ".join(f"{r.rate:.0f}" for r in ones) + ")"
     )
     print(
         "  each run over the ceiling run just before it: "
-        + ", ".join(f"{r / c:.3f}" for (r, _), (c, _) in zip(ones, ceilings, strict=True))
+        + ", ".join(f"{r.rate / c:.3f}" for r, (c, _) in zip(ones, ceilings, strict=True))
+    )
+    cpu, cores = median.cpu, os.cpu_count() or 1
+    total = sum(cpu.values())
+    print(
+        f"  CPU per event in that run (us): the worker process {cpu['workers']:.1f} (all its threads), its Postgres"
+        f" backends {cpu['backends']:.1f}, this process (publishing) {cpu['bench']:.1f}; {total:.1f} in all, over"
+        f" {cores} cores: at most {cores * 1e6 / total:.0f} events/s with every core busy the whole run"
     )
     print(
         f"  same, look-ahead off:              {alone:10.0f} events/s   = {alone / ceiling:.3f} "
