@@ -146,7 +146,7 @@ class Run(NamedTuple):
 
     rate: float  # events/s
     sizes: dict[str, Any]
-    cpu: dict[str, float]  # us of CPU per published event: the worker processes, their backends, this process
+    cpu: dict[str, float]  # us of CPU per published event: the workers, their backends, this process, Redis
 
 
 def e2e(
@@ -167,11 +167,11 @@ def e2e(
             with publisher(redis_url, batch) as pub:
                 jobs = len(pub._batches(texts))  # the jobs it makes of them (by count and bytes), for wait_done
                 # the workers' connections are open (and warmed) once they have registered
-                cpu0 = _cpu_now([p.pid for p in procs], url)
+                cpu0 = _cpu_now([p.pid for p in procs], url, client)
                 started = datetime.now(UTC)  # the wall clock: what the jobs' ended_at is read against
                 pub.enqueue(texts)
             elapsed = (wait_done(client, jobs) - started).total_seconds()
-            cpu1 = _cpu_now([p.pid for p in procs], url)
+            cpu1 = _cpu_now([p.pid for p in procs], url, client)
         finally:
             stop_workers(procs)
         sizes = check_totals(url, distinct)
@@ -180,10 +180,10 @@ def e2e(
     return Run(len(texts) / elapsed, sizes, cpu)
 
 
-def _cpu_now(worker_pids: list[int], url: str) -> dict[str, float]:
+def _cpu_now(worker_pids: list[int], url: str, client: redis.Redis) -> dict[str, float]:
     """CPU seconds so far of the worker processes (all their threads), of the Postgres backends connected to
     the run's database (a backend opened during the run counts from 0 at its end; one closed during it is
-    missed), and of this process (the publisher, and the polling of wait_done)."""
+    missed), of this process (the publisher, and the polling of wait_done) and of the Redis server."""
     with psycopg.connect(url, autocommit=True, options=CONNECT_OPTIONS) as conn:
         pids = [
             int(r[0])
@@ -195,6 +195,7 @@ def _cpu_now(worker_pids: list[int], url: str) -> dict[str, float]:
         "workers": sum(backend_cpu(pid) for pid in worker_pids),
         "backends": sum(backend_cpu(pid) for pid in pids),
         "bench": time.process_time(),
+        "redis": sum(float(v) for k, v in client.info("cpu").items() if k in ("used_cpu_sys", "used_cpu_user")),
     }
 
 
@@ -437,7 +438,7 @@ def main() -> None:
         # The machine's speed moves by a quarter within minutes: the ceiling is the best of RUNS plain COPYs (a
         # ceiling: the best the machine did), the 1-worker figure the median of RUNS runs (what it typically does).
         # The two alternate, a ceiling then a worker run, so that both sample the same spells of the machine (until
-        # 23 Nov 09:30 the ceilings ran first, then the worker runs: a spell that changed between them moved the ratio)
+        # 23 Nov 09:05 the ceilings ran first, then the worker runs: a spell that changed between them moved the ratio)
         ceilings: list[tuple[float, float]] = []
         ones: list[Run] = []
         for _ in range(RUNS):
@@ -490,7 +491,8 @@ def main() -> None:
     total = sum(cpu.values())
     print(
         f"  CPU per event in that run (us): the worker process {cpu['workers']:.1f} (all its threads), its Postgres"
-        f" backends {cpu['backends']:.1f}, this process (publishing) {cpu['bench']:.1f}; {total:.1f} in all, over"
+        f" backends {cpu['backends']:.1f}, this process (publishing) {cpu['bench']:.1f}, Redis {cpu['redis']:.1f};"
+        f" {total:.1f} in all, over"
         f" {cores} cores: at most {cores * 1e6 / total:.0f} events/s with every core busy the whole run"
     )
     print(
