@@ -15,11 +15,16 @@ _NAME = re.compile(r"^--\s*name:\s*([A-Za-z_][A-Za-z0-9_]*)\s*$", re.MULTILINE)
 def queries(area: str) -> dict[str, str]:
     """The named blocks of sql/queries/{area}.sql: `-- name: xyz` starts a block."""
     text = resources.files("sql").joinpath("queries", f"{area}.sql").read_text(encoding="utf-8")
+    return named_blocks(text, f"sql/queries/{area}.sql")
+
+
+def named_blocks(text: str, origin: str) -> dict[str, str]:
+    """The named blocks of one SQL text (`-- name: xyz` starts a block); `origin` names it in errors."""
     parts = _NAME.split(text)
     blocks: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in blocks:
-            raise ValueError(f"sql/queries/{area}.sql: block {name!r} defined twice")
+            raise ValueError(f"{origin}: block {name!r} defined twice")
         blocks[name] = body.strip()
     return blocks
 
