@@ -495,6 +495,12 @@ def main() -> None:
         f" {total:.1f} in all, over"
         f" {cores} cores: at most {cores * 1e6 / total:.0f} events/s with every core busy the whole run"
     )
+    # the worker's transactions run one at a time (its connections take turns: committing ahead, then rq's
+    # job), so its backends' CPU per event bounds one worker whatever the other cores do
+    print(
+        f"  its backends, one transaction at a time: at most {1e6 / cpu['backends']:.0f} events/s with one core"
+        " busy on them the whole run"
+    )
     print(
         f"  same, look-ahead off:              {alone:10.0f} events/s   = {alone / ceiling:.3f} "
         f"(look-ahead: x{one / alone:.2f})"
