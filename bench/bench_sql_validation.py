@@ -4,13 +4,14 @@ Issue 5's long-term goal (0.10 of the COPY ceiling) suggests taking the per-even
 hot path, "e.g. validated set-based in SQL". On one batch of the ingest bench's events (8000, the size of
 the worker's merged transactions) this times, alternated round by round on one Postgres backend:
 - today: the worker's `billing.ingest.prepare` (pydantic, canonical JSON, sha256, the typed COPY line;
-  CPU of this process) and the COPY of those lines into `ingest_stage` (CPU of the backend);
+  CPU of this process, with its side of the COPY) and the COPY of those lines into `ingest_stage` (CPU of
+  the backend);
 - the raw JSON texts COPYed as they are (the floor of any SQL-side validation), then parsed as jsonb, then
   every field extracted and cast into rows shaped like `ingest_stage` (two forms), then also checked
   against a subset of wire format v1 (bench/bench_sql_validation.sql: each a lower bound of the real work).
-The backend's CPU comes from /proc (10 ms ticks: the rounds are summed). The extracted rows are compared
-with the Python path's, field by field. The backend runs the ingest's transactions one after another, so
-what moves onto it is what limits one worker's rate.
+The backend's CPU comes from /proc (in clock ticks, 10 ms here: each figure is the mean over the
+rounds). The extracted rows are compared with the Python path's, field by field. The backend runs the
+ingest's transactions one after another, so what moves onto it is what limits one worker's rate.
 
     .venv/bin/python bench/bench_sql_validation.py [--events 8000] [--rounds 12]
 """
