@@ -34,13 +34,15 @@ from billing.db import CONNECT_OPTIONS
 from billing.sqlfiles import named_blocks, query
 
 SQL = named_blocks(Path(__file__).with_suffix(".sql").read_text(encoding="utf-8"), "bench/bench_sql_validation.sql")
+#: the extraction with the checks: what differs from `extract` is the checks alone
+EXTRACT_CHECKED = SQL["extract"] + "\n" + SQL["checks"]
 #: the SQL variants: label, the statement after the raw COPY (None: the COPY alone)
 VARIANTS: list[tuple[str, str | None]] = [
     ("raw JSON texts COPYed as they are (the floor)", None),
-    ("  + each parsed as jsonb", "parse"),
-    ("  + every field extracted into a typed row (->>)", "extract"),
-    ("  + the same with jsonb_to_record", "extract_record"),
-    ("  + extracted and checked (a subset of the rules)", "extract_checked"),
+    ("  + each parsed as jsonb", SQL["parse"]),
+    ("  + every field extracted into a typed row (->>)", SQL["extract"]),
+    ("  + the same with jsonb_to_record", SQL["extract_record"]),
+    ("  + extracted and checked (a subset of the rules)", EXTRACT_CHECKED),
 ]
 
 
@@ -51,9 +53,8 @@ def make_texts(n: int, seed: int = 11) -> list[str]:
 
 
 def raw_block(texts: list[str]) -> str:
-    """The texts as COPY text lines (position, text). json.dumps writes no raw tab or newline: only the
-    backslash needs COPY's escape."""
-    return "".join(f"{pos}\t{text.replace(chr(92), chr(92) * 2)}\n" for pos, text in enumerate(texts))
+    """The texts as COPY text lines (position, text), escaped as the ingest escapes its COPY values."""
+    return "".join(f"{pos}\t{ingest._copy_text(text)}\n" for pos, text in enumerate(texts))
 
 
 def main() -> None:
@@ -83,29 +84,27 @@ def main() -> None:
             with conn.transaction(), conn.cursor().copy(query("ingest", "copy_stage")) as copy:
                 copy.write(prepared.block)
 
-        def in_sql(name: str | None) -> Callable[[], None]:
+        def in_sql(statement: str | None) -> Callable[[], None]:
             def work() -> None:
                 block = raw_block(texts)
                 with conn.transaction():
                     with conn.cursor().copy(SQL["copy_raw"]) as copy:
                         copy.write(block)
-                    if name is not None:
-                        conn.execute(SQL[name])
+                    if statement is not None:
+                        conn.execute(statement)
 
             return work
 
-        # the extracted rows against the Python path's, once, in one transaction (the stages empty at commit)
+        # the extracted rows against the Python path's, once: both in one outer transaction (the inner ones
+        # are savepoints, and the stages keep their rows until the outer commit)
         with conn.transaction():
-            with conn.cursor().copy(query("ingest", "copy_stage")) as copy:
-                copy.write(ingest.prepare(texts).block)
-            with conn.cursor().copy(SQL["copy_raw"]) as copy:
-                copy.write(raw_block(texts))
-            conn.execute(SQL["extract_checked"])
+            today()
+            in_sql(EXTRACT_CHECKED)()
             row = conn.execute(SQL["differences"]).fetchone()
             differing = int(row[0]) if row is not None else -1
 
         work = [("today: validated in Python (prepare), typed COPY", today)]
-        work += [(label, in_sql(name)) for label, name in VARIANTS]
+        work += [(label, in_sql(statement)) for label, statement in VARIANTS]
         sums = {label: [0.0, 0.0] for label, _ in work}
         for _ in range(args.rounds):
             for label, job in work:
@@ -119,8 +118,8 @@ def main() -> None:
         print(f"  {label:52s} {client:8.2f} {backend:8.2f} {client + backend:8.2f}")
     print(f"  rows extracted and checked in SQL that differ from the Python path's: {differing} of {n}")
     py_client, py_backend = sums[work[0][0]]
-    for label, name in VARIANTS:
-        if name in ("extract", "extract_checked"):
+    for label, statement in VARIANTS:
+        if statement in (SQL["extract"], EXTRACT_CHECKED):
             client, backend = sums[label]
             total = client + backend - py_client - py_backend
             print(

@@ -2,8 +2,8 @@
 -- extracted and checked set-based in SQL into rows shaped like ingest_stage (what the worker's Python
 -- validation produces today). Each is a lower bound of what validation in SQL would cost: no guard
 -- keeps a cast from failing the whole statement on a bad value, the hash is the sha256 of the text as
--- sent (not of the canonical form DESIGN.md defines conflicts by), and `extract_checked` checks a subset
--- of wire format v1 (no per-tag check, no service-tier or provider-cost normalisation).
+-- sent (not of the canonical form DESIGN.md defines conflicts by), and `checks` (appended to `extract`)
+-- is a subset of wire format v1's rules (no per-tag check, no service-tier or provider-cost normalisation).
 
 -- name: create
 DROP TABLE IF EXISTS pg_temp.raw_stage, pg_temp.sql_stage;
@@ -18,43 +18,8 @@ COPY raw_stage (pos, doc) FROM STDIN
 SELECT count(*) FROM (SELECT doc::jsonb AS j FROM raw_stage OFFSET 0) AS s WHERE j IS NOT NULL
 
 -- name: extract
--- every field extracted and cast into a typed row, no check at all
-INSERT INTO sql_stage (
-    pos, event_id, occurred_at, payload_hash, org_id, user_id, session_id, request_type, provider, model,
-    service_tier, status, estimated, latency_ms, reservation_id, tags, input_tokens, cached_input_tokens,
-    cache_write_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens, provider_cost)
-SELECT pos, j->>'event_id', (j->>'occurred_at')::timestamptz, sha256(convert_to(doc, 'UTF8')), j->>'org_id',
-       j->>'user_id', j->>'session_id', j->>'request_type', j->>'provider', j->>'model', j->>'service_tier',
-       coalesce(j->>'status', 'ok'), coalesce((j->>'estimated')::boolean, false), (j->>'latency_ms')::bigint,
-       j->>'reservation_id', coalesce(j->'tags', '{}'), (j->'usage'->>'input_tokens')::bigint,
-       (j->'usage'->>'cached_input_tokens')::bigint, (j->'usage'->>'cache_write_tokens')::bigint,
-       coalesce((j->'usage'->>'cache_write_1h_tokens')::bigint, 0), (j->'usage'->>'output_tokens')::bigint,
-       (j->'usage'->>'reasoning_tokens')::bigint, (j->'usage'->>'provider_cost')::numeric
-  FROM (SELECT pos, doc, doc::jsonb AS j FROM raw_stage OFFSET 0) AS s
-
--- name: extract_record
--- the same, each object read in one pass by jsonb_to_record instead of one lookup per field
-INSERT INTO sql_stage (
-    pos, event_id, occurred_at, payload_hash, org_id, user_id, session_id, request_type, provider, model,
-    service_tier, status, estimated, latency_ms, reservation_id, tags, input_tokens, cached_input_tokens,
-    cache_write_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens, provider_cost)
-SELECT r.pos, x.event_id, x.occurred_at, sha256(convert_to(r.doc, 'UTF8')), x.org_id, x.user_id, x.session_id,
-       x.request_type, x.provider, x.model, x.service_tier, coalesce(x.status, 'ok'), coalesce(x.estimated, false),
-       x.latency_ms, x.reservation_id, coalesce(x.tags, '{}'), u.input_tokens, u.cached_input_tokens,
-       u.cache_write_tokens, coalesce(u.cache_write_1h_tokens, 0), u.output_tokens, u.reasoning_tokens,
-       u.provider_cost
-  FROM raw_stage AS r
- CROSS JOIN LATERAL jsonb_to_record(r.doc::jsonb) AS x (
-        event_id text, occurred_at timestamptz, org_id text, user_id text, session_id text, request_type text,
-        provider text, model text, service_tier text, status text, estimated boolean, latency_ms bigint,
-        reservation_id text, tags jsonb, usage jsonb)
- CROSS JOIN LATERAL jsonb_to_record(x.usage) AS u (
-        input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint, cache_write_1h_tokens bigint,
-        output_tokens bigint, reasoning_tokens bigint, provider_cost numeric)
-
--- name: extract_checked
--- `extract` keeping only the rows that pass a subset of wire format v1's rules (a real validation would
--- also park the others with a reason per failed rule)
+-- every field extracted and cast into a typed row, no check at all; occurred_at is cast outside the inner
+-- query so that `checks` can look at its text first
 INSERT INTO sql_stage (
     pos, event_id, occurred_at, payload_hash, org_id, user_id, session_id, request_type, provider, model,
     service_tier, status, estimated, latency_ms, reservation_id, tags, input_tokens, cached_input_tokens,
@@ -79,6 +44,30 @@ SELECT pos, event_id, occurred_at::timestamptz, sha256(convert_to(doc, 'UTF8')),
       FROM (SELECT pos, doc, doc::jsonb AS j FROM raw_stage OFFSET 0) AS p
      OFFSET 0
   ) AS s
+
+-- name: extract_record
+-- the same, each object read in one pass by jsonb_to_record instead of one lookup per field
+INSERT INTO sql_stage (
+    pos, event_id, occurred_at, payload_hash, org_id, user_id, session_id, request_type, provider, model,
+    service_tier, status, estimated, latency_ms, reservation_id, tags, input_tokens, cached_input_tokens,
+    cache_write_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens, provider_cost)
+SELECT r.pos, x.event_id, x.occurred_at, sha256(convert_to(r.doc, 'UTF8')), x.org_id, x.user_id, x.session_id,
+       x.request_type, x.provider, x.model, x.service_tier, coalesce(x.status, 'ok'), coalesce(x.estimated, false),
+       x.latency_ms, x.reservation_id, coalesce(x.tags, '{}'), u.input_tokens, u.cached_input_tokens,
+       u.cache_write_tokens, coalesce(u.cache_write_1h_tokens, 0), u.output_tokens, u.reasoning_tokens,
+       u.provider_cost
+  FROM raw_stage AS r
+ CROSS JOIN LATERAL jsonb_to_record(r.doc::jsonb) AS x (
+        event_id text, occurred_at timestamptz, org_id text, user_id text, session_id text, request_type text,
+        provider text, model text, service_tier text, status text, estimated boolean, latency_ms bigint,
+        reservation_id text, tags jsonb, usage jsonb)
+ CROSS JOIN LATERAL jsonb_to_record(x.usage) AS u (
+        input_tokens bigint, cached_input_tokens bigint, cache_write_tokens bigint, cache_write_1h_tokens bigint,
+        output_tokens bigint, reasoning_tokens bigint, provider_cost numeric)
+
+-- name: checks
+-- appended to `extract`: only the rows that pass a subset of wire format v1's rules are kept (a real
+-- validation would also park the others with a reason per failed rule)
  WHERE j->'schema_version' = '1'::jsonb
    AND event_id ~ '^[A-Za-z0-9._:-]{1,128}$'
    AND occurred_at ~ '^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)$'
