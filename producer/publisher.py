@@ -36,7 +36,6 @@ from redis import ConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry as RedisRetry
 from rq import Queue, Retry
-from rq.serializers import JSONSerializer
 
 from producer import jobspec
 from producer.event import UsageEvent
@@ -297,28 +296,34 @@ class Publisher:
                 retry=RedisRetry(NoBackoff(), 0),
             )
             redis = Redis(connection_pool=pool)
-            queue = Queue(cfg.queue, connection=redis, serializer=JSONSerializer, job_class=jobspec.PublishedJob)
+            queue = Queue(
+                cfg.queue, connection=redis, serializer=jobspec.PayloadSerializer, job_class=jobspec.PublishedJob
+            )
             conn = self._conns[patient] = (redis, queue)
         return conn
 
-    def _batches(self, texts: Sequence[str]) -> list[list[str]]:
+    def _batches(self, texts: Sequence[str]) -> list[jobspec.EncodedBatch]:
         return list(self._iter_batches(texts))
 
-    def _iter_batches(self, texts: Sequence[str]) -> Iterator[list[str]]:
-        # a batch at a time: the first jobs are in Redis (and taken by the workers) while the rest is cut
+    def _iter_batches(self, texts: Sequence[str]) -> Iterator[jobspec.EncodedBatch]:
+        # a batch at a time: the first jobs are in Redis (and taken by the workers) while the rest is cut.
+        # Each text is measured as the job's JSON carries it (quoted, escaped, plus ", "; an item that is not
+        # a str, as before), and that JSON form is kept: the job's payload is joined from it (jobspec)
         size, max_bytes = self.config.batch_size, self.config.batch_max_bytes
         current: list[str] = []
+        encoded: list[str] = []
         current_bytes = 0
         for text in texts:
-            # as the job's JSON carries it: quoted, escaped, plus ", " (an item that is not a str, as before)
-            n = (len(_json_string(text)) if isinstance(text, str) else len(json.dumps(text))) + 2
+            piece = _json_string(text) if isinstance(text, str) else json.dumps(text)
+            n = len(piece) + 2
             if current and (len(current) >= size or current_bytes + n > max_bytes):
-                yield current
-                current, current_bytes = [], 0
+                yield jobspec.EncodedBatch(current, encoded)
+                current, encoded, current_bytes = [], [], 0
             current.append(text)
+            encoded.append(piece)
             current_bytes += n
         if current:
-            yield current
+            yield jobspec.EncodedBatch(current, encoded)
 
     def enqueue(self, texts: Sequence[str]) -> None:
         """Enqueue the events as jobs of bounded batches, a few jobs per MULTI/EXEC. Raises on failure."""
