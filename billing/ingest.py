@@ -62,8 +62,8 @@ class Rejection:
 
 #: a valid event: its position in the batch, occurred_at (for the clock's check), its COPY text line of
 #: ingest_stage (`_copy_line`: every validated field typed, and its hash) and its canonical JSON (what a
-#: conflict stores)
-Row = tuple[int, datetime, str, str]
+#: conflict stores; kept as the serializer's bytes, decoded only for a conflict)
+Row = tuple[int, datetime, str, bytes]
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ def _checked(events: Sequence[Any], rejected: list[Rejection]) -> Iterator[Row]:
         else:
             raw = serialize(event)
             extra_json = None
-        yield pos, event.occurred_at, _copy_line(pos, event, raw, extra_json), raw.decode()
+        yield pos, event.occurred_at, _copy_line(pos, event, raw, extra_json), raw
 
 
 def ingest_batch(
@@ -476,7 +476,7 @@ def _record_conflicts(
             "event_ids": [f[1] for f in found],
             "first_hashes": [f[2] for f in found],
             "conflict_hashes": [f[3] for f in found],
-            "payloads": [docs[int(f[0])] for f in found],
+            "payloads": [docs[int(f[0])].decode() for f in found],
         },
     )
 

@@ -95,7 +95,7 @@ def _opt(value: object) -> str | None:
 
 def check(pos: int, row: ingest.Row, text: str) -> dict[str, str | None]:
     # the row's line holds exactly the event's fields; the canonical JSON (what a conflict stores) is beside it
-    assert row[3] == UsageEvent.model_validate_json(text).canonical().decode()
+    assert row[3] == UsageEvent.model_validate_json(text).canonical()
     got = decode(row[2])
     want = expected(pos, text)
     at = got.pop("occurred_at")
@@ -163,7 +163,7 @@ def test_hash_is_the_sha256_of_the_canonical_json() -> None:
     text = json.dumps(doc(3, future_field=1))
     row = ingest.parse([text], now=NOW, future_tolerance=TOL).rows[0]
     got = decode(row[2])
-    assert got["payload_hash"] == "\\x" + hashlib.sha256(row[3].encode()).hexdigest()
+    assert got["payload_hash"] == "\\x" + hashlib.sha256(row[3]).hexdigest()
     assert got["payload_hash"] == "\\x" + UsageEvent.model_validate_json(text).payload_hash().hex()
 
 
