@@ -9,6 +9,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
+import pydantic_core
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -69,14 +70,29 @@ class EncodedBatch(list[Any]):
 
 
 class PayloadSerializer(JSONSerializer):
-    """rq's JSONSerializer, byte for byte (any rq worker reads what it writes), that joins the payload of an
-    ingest job from its EncodedBatch's pieces: encoding the batch again was ~2 us per event, ~30% of the
-    CPU of publishing it."""
+    """rq's JSONSerializer, byte for byte and value for value: what it writes any rq worker reads, and what it
+    reads is what rq's would make of the same bytes.
+
+    It joins the payload of an ingest job from its EncodedBatch's pieces (encoding the batch again was ~2 us
+    per event, ~30% of the CPU of publishing it), and decodes with pydantic-core's parser (~0.8 instead of
+    ~1.7 ms per 1000-event job). That parser refuses a text `json.loads` takes in one corner (a lone
+    surrogate escape, e.g. an event "\\udc80"): that text, and anything else it refuses, is decoded by rq's
+    own serializer, with rq's errors.
+    """
 
     @staticmethod
     def dumps(obj: Any, *args: Any, **kwargs: Any) -> bytes:
         joined = None if args or kwargs else _joined(obj)
         return joined if joined is not None else JSONSerializer.dumps(obj, *args, **kwargs)  # type: ignore[no-untyped-call]
+
+    @staticmethod
+    def loads(s: bytes, *args: Any, **kwargs: Any) -> Any:
+        if not args and not kwargs:
+            try:
+                return pydantic_core.from_json(s, cache_strings=False)
+            except ValueError:
+                pass
+        return JSONSerializer.loads(s, *args, **kwargs)  # type: ignore[no-untyped-call]
 
 
 def _joined(obj: Any) -> bytes | None:

@@ -11,7 +11,6 @@ from redis import Redis
 from rq.serializers import JSONSerializer
 
 from producer import Publisher, jobspec
-from worker.prefetch import decode_payload
 
 # texts as an app sends them: quotes, backslashes, control characters, non-ASCII (sent as is or \u-escaped),
 # astral characters, an empty text, and a lone surrogate escape (valid JSON that json.loads takes)
@@ -94,7 +93,7 @@ def test_the_look_ahead_decodes_a_payload_as_rq_does() -> None:
         JSONSerializer.dumps(_job(TEXTS[:3])),  # type: ignore[no-untyped-call]  # pydantic-core's parser
         b'[1e400, NaN, -0.0, 123456789012345678901234567890, {"a": 1, "a": 2}]',
     ):
-        decoded = decode_payload(payload)
+        decoded = jobspec.PayloadSerializer.loads(payload)
         assert repr(decoded) == repr(JSONSerializer.loads(payload))  # type: ignore[no-untyped-call]
 
 
@@ -103,4 +102,4 @@ def test_a_payload_rq_cannot_decode_raises_rq_s_error(payload: bytes) -> None:
     with pytest.raises(ValueError) as expected:
         JSONSerializer.loads(payload)  # type: ignore[no-untyped-call]
     with pytest.raises(type(expected.value)):
-        decode_payload(payload)
+        jobspec.PayloadSerializer.loads(payload)
